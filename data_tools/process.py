@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -274,7 +274,13 @@ def process_symbol(raw_symbol: str, parts: list[RawChunk], processed_dir: Path,
         has_close = np.zeros(len(days_u), bool)
         has_open[day_inv[sod_min == SESSION_OPEN_MIN]] = True
         has_close[day_inv[sod_min == SESSION_CLOSE_MIN]] = True
-        end_votes = int((has_close & ~has_open).sum())
+        # the first bar at/after 09:15 of a day labelled by bar end sits at 09:15 + bar size
+        after_open = sod_min >= SESSION_OPEN_MIN
+        first_day, first_pos = np.unique(day_inv[after_open], return_index=True)
+        first_after = np.full(len(days_u), -1.0)
+        first_after[first_day] = sod_min[after_open][first_pos]
+        end_like = ~has_open & (has_close | (first_after == SESSION_OPEN_MIN + base))
+        end_votes = int(end_like.sum())
         start_votes = int((has_open & ~has_close).sum())
         label = "end" if end_votes > start_votes else "start"
     else:
@@ -332,7 +338,8 @@ def process_symbol(raw_symbol: str, parts: list[RawChunk], processed_dir: Path,
     ], schema=OUTPUT_SCHEMA)
     symbol = output_symbol(raw_symbol, base, bar_minutes)
     summary = SymbolSummary(
-        symbol=symbol, raw_symbol=raw_symbol, sources=[p.path.name for p in parts], rows_in=rows_in,
+        symbol=symbol, raw_symbol=raw_symbol, rows_in=rows_in,
+        sources=[p.path.name for p in sorted(parts, key=lambda p: int(p.ts_utc.min()))],
         rows_out=table.num_rows, dropped=dropped, special_days=special_days,
         sessions=int(session.max()) + 1, first=_fmt_ts(ts[0]), last=_fmt_ts(ts[-1]),
         source_bar_minutes=int(base), bar_minutes=int(out_minutes), label=label, label_detected=detected,
@@ -385,16 +392,30 @@ def _normalize_symbols(symbols) -> Optional[list[str]]:
     return out
 
 
+class _Std:
+    """Default for `out`/`err`: the current sys.stdout / sys.stderr at call time (so capture works)."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        return f"sys.{self.name}"
+
+
 def process_directory(raw_dir, processed_dir, symbols=None, bar_minutes=None, bar_label="auto",
-                      source_tz=IST, out=sys.stdout, err=sys.stderr) -> ProcessResult:
+                      source_tz=IST, out=_Std("stdout"), err=_Std("stderr")) -> ProcessResult:
     """Process every symbol found in `raw_dir` (or only `symbols`) into `processed_dir`.
 
-    Prints a summary block per symbol on `out` and one `error: ...` line per failure on `err` (either may be
-    None for silence). Raises `InputError` when the run cannot start at all (missing raw directory, no input
+    Prints a summary block per symbol on `out` (default: sys.stdout) and one `error: ...` line per failure on
+    `err` (default: sys.stderr); either may be None for silence. Raises `InputError` when the run cannot start at all (missing raw directory, no input
     files, bad options); a bad file or symbol is a failure in the result, and the other symbols are still
     written.
     """
     t0 = time.perf_counter()
+    if isinstance(out, _Std):
+        out = sys.stdout
+    if isinstance(err, _Std):
+        err = sys.stderr
     raw_dir = Path(raw_dir)
     processed_dir = Path(processed_dir)
     if bar_label not in ("auto", "start", "end"):
@@ -403,8 +424,6 @@ def process_directory(raw_dir, processed_dir, symbols=None, bar_minutes=None, ba
         bar_minutes = int(bar_minutes)
         if bar_minutes <= 0 or bar_minutes > 375:
             raise InputError(f"--bar-minutes must be between 1 and 375, not {bar_minutes}")
-        if bar_minutes == 0:
-            bar_minutes = None
     check_tz(source_tz)
     if not raw_dir.exists():
         raise InputError(f"{raw_dir}: raw data directory not found")
@@ -433,7 +452,7 @@ def process_directory(raw_dir, processed_dir, symbols=None, bar_minutes=None, ba
         try:
             chunk = read_file(path, display, source_tz)
         except FileError as e:
-            syms = e.symbols if e.symbols else ([path.stem] if multi is False else None)
+            syms = e.symbols if e.symbols else ([path.stem] if multi is not True else None)
             if syms:
                 for s in syms:
                     if is_wanted(s):
