@@ -1,0 +1,143 @@
+"""Benchmarks; each prints one JSON object per line (DESIGN section 9).
+
+    python -m experiments.bench env [...]
+    python -m experiments.bench ppo [--processed_data_dir DIR --symbol SYMBOL] [--repeats 3] [--configs default,throughput]
+
+`ppo`: end-to-end PPO training throughput (rollout + GAE + update), env steps per second, the median of
+`--repeats` timed runs of `--iterations` iterations each, compile time reported separately. Without
+`--processed_data_dir` it trains on a synthetic in-memory random-walk market (2-minute bars).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+from jaxtrade import cli
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("processed_data_dir", None, "processed Parquet directory (default: a synthetic market)")
+flags.DEFINE_string("symbol", None, "symbol to benchmark on (with --processed_data_dir)")
+flags.DEFINE_integer("repeats", 3, "timed runs per config (the median is reported)")
+flags.DEFINE_list("configs", ["default", "throughput"], "ppo bench configs to run: default, throughput")
+flags.DEFINE_integer("iterations", 0, "iterations per timed run (0: per-config default)")
+flags.DEFINE_integer("num_envs", 0, "override num_envs of every config (0: keep)")
+
+COMMANDS = ("env", "ppo")
+
+
+def bench_env(argv) -> None:
+    raise NotImplementedError("`python -m experiments.bench env` is not written yet (the lead adds it)")
+
+
+def _synthetic_market_dir(directory: str, symbol: str = "SYNTH_2", num_sessions: int = 250,
+                          bars_per_session: int = 188, bar_minutes: int = 2, seed: int = 0) -> str:
+    """A random-walk market in the processed layout (DESIGN section 2), labelled synthetic."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    n = num_sessions * bars_per_session
+    vol = 6e-4
+    close = 20_000.0 * np.exp(np.cumsum(rng.normal(0.0, vol, n)))
+    open_ = np.r_[20_000.0, close[:-1]] * np.exp(rng.normal(0.0, vol / 4, n))
+    high = np.maximum(open_, close) * (1 + np.abs(rng.normal(0.0, vol / 2, n)))
+    low = np.minimum(open_, close) * (1 - np.abs(rng.normal(0.0, vol / 2, n)))
+    days = np.busday_offset("2024-01-01", np.arange(num_sessions), roll="forward")
+    start = days.astype("datetime64[m]")[:, None] + np.timedelta64(9 * 60 + 15, "m")
+    ts_ist = (start + np.arange(bars_per_session) * np.timedelta64(bar_minutes, "m")).ravel()
+    utc_ns = (ts_ist - np.timedelta64(330, "m")).astype("datetime64[ns]").astype(np.int64)
+    table = pa.table({
+        "timestamp": pa.array(utc_ns, pa.int64()).cast(pa.timestamp("ns", tz="Asia/Kolkata")),
+        "open": open_, "high": high, "low": low, "close": close, "volume": np.zeros(n),
+        "session": np.repeat(np.arange(num_sessions, dtype=np.int32), bars_per_session),
+    })
+    table = table.replace_schema_metadata({"symbol": symbol, "bar_minutes": str(bar_minutes),
+                                           "source": "experiments.bench (synthetic)", "rows_in": str(n),
+                                           "rows_out": str(n), "synthetic": "true"})
+    pq.write_table(table, f"{directory}/{symbol}.parquet")
+    return symbol
+
+
+def _ppo_configs():
+    from jaxtrade.agents.ppo import PPOConfig
+
+    return {
+        # The seed's hyperparameters (minibatch 128, 6 epochs) with the default 256 x 128 rollout.
+        "default": (PPOConfig(log_every=0), 3),
+        # Same network, 4 epochs, larger rollout and minibatches: the throughput bar's config.
+        "throughput": (PPOConfig(num_envs=2048, num_steps=64, minibatch_size=16384, update_epochs=4,
+                                 log_every=0), 10),
+    }
+
+
+def bench_ppo(argv) -> None:
+    import jax
+
+    from jaxtrade import env as trading_env
+    from jaxtrade.agents.ppo import make_trainer
+    from jaxtrade.data import list_symbols, load_market
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if FLAGS.processed_data_dir:
+            symbol = FLAGS.symbol or (list_symbols(FLAGS.processed_data_dir) or [None])[0]
+            if symbol is None:
+                raise cli.InputError(f"{FLAGS.processed_data_dir}: no processed symbols")
+            market = load_market(FLAGS.processed_data_dir, symbol)
+        else:
+            symbol = _synthetic_market_dir(tmp)
+            market = load_market(tmp, symbol)
+        env_params = trading_env.make_params(market, "train")
+        configs = _ppo_configs()
+        unknown = [c for c in FLAGS.configs if c not in configs]
+        if unknown:
+            raise cli.InputError(f"--configs: unknown {', '.join(unknown)} (choose from {', '.join(configs)})")
+        device = jax.devices()[0]
+        for name in FLAGS.configs:
+            config, iters = configs[name]
+            if FLAGS.num_envs:
+                config = config.replace(num_envs=FLAGS.num_envs)
+            iters = FLAGS.iterations or iters
+            trainer = make_trainer(config, env_params, callback=None)
+            rs = jax.block_until_ready(trainer.init(jax.random.key(0)))
+            t0 = time.perf_counter()
+            compiled = jax.jit(trainer.run_fn, static_argnums=2).lower(rs, env_params, iters).compile()
+            compile_s = time.perf_counter() - t0
+            rs, _ = jax.block_until_ready(compiled(rs, env_params))  # warm-up
+            times = []
+            for _ in range(max(FLAGS.repeats, 1)):
+                t0 = time.perf_counter()
+                rs, metrics = jax.block_until_ready(compiled(rs, env_params))
+                times.append(time.perf_counter() - t0)
+            steps = iters * config.batch_size
+            med = statistics.median(times)
+            print(json.dumps({
+                "bench": "ppo", "config": name, "num_envs": config.num_envs, "num_steps": config.num_steps,
+                "minibatch_size": config.minibatch_size, "update_epochs": config.update_epochs,
+                "hidden_sizes": list(config.hidden_sizes), "iterations": iters,
+                "steps_per_s": round(steps / med, 1), "compile_s": round(compile_s, 3),
+                "run_s": [round(t, 4) for t in times], "symbol": symbol, "synthetic": market.synthetic,
+                "device": f"{device.platform}:{device.device_kind}", "host": platform.machine(),
+                "jax": jax.__version__}), flush=True)
+
+
+def main(argv) -> None:
+    if len(argv) < 2 or argv[1] not in COMMANDS:
+        cli.die(f"usage: python -m experiments.bench {{{'|'.join(COMMANDS)}}} [flags]")
+    if len(argv) > 2:
+        cli.die(f"unexpected positional arguments: {' '.join(argv[2:])}")
+    try:
+        {"env": bench_env, "ppo": bench_ppo}[argv[1]](argv)
+    except cli.InputError as e:
+        cli.die(str(e))
+
+
+if __name__ == "__main__":
+    app.run(main, argv=cli.normalize_argv(sys.argv))

@@ -1,0 +1,89 @@
+"""`python -m experiments.sequence --flagfile=experiments/nifty.flags`: the PPO -> MoE -> MAML sequence.
+
+Flags: every field of `jaxtrade.config` (top-level run fields as `--symbols`, `--seed`, ...; groups as
+`--ppo.learning_rate`, `--moe.num_experts`, `--maml.inner_loop_steps`, `--ppo_gate.min_win_rate`,
+`--progression.on_fail`, `--env.cost_model`, ...), plus `--config config/training_sequence.yaml` (the seed's
+layout). Precedence: defaults < --config < flags given on the command line (or in a --flagfile).
+Exit codes: 0 done, 1 a gate failed with on_fail=stop, 2 bad flags or data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from absl import flags, logging
+
+from jaxtrade import config as C
+from jaxtrade.cli import run
+from jaxtrade.errors import InputError
+
+FLAGS = flags.FLAGS
+_DEFINED: dict[str, tuple[str, type, str, bool]] = {}  # flag -> (group or "", cls, field, optional)
+
+
+def _define(name: str, kind: str, optional: bool, default, help_text: str) -> None:
+    if kind == "bool":
+        flags.DEFINE_bool(name, default, help_text)
+    elif kind == "int":
+        flags.DEFINE_integer(name, default, help_text)
+    elif kind == "float":
+        flags.DEFINE_float(name, default, help_text)
+    elif kind == "str":
+        flags.DEFINE_string(name, default, help_text)
+    elif kind.startswith("list_"):
+        flags.DEFINE_list(name, None if default is None else [str(v) for v in default], help_text)
+    else:
+        raise TypeError(f"no flag type for {name}: {kind}")
+
+
+def define_flags() -> None:
+    if "config" in FLAGS:
+        return
+    flags.DEFINE_string("config", None, "The seed's training_sequence.yaml (flags override it).")
+    defaults = C.default_config()
+    for field in dataclasses.fields(C.RunConfig):
+        kind, optional = C.field_kind(C.RunConfig, field.name)
+        _define(field.name, kind, optional, getattr(defaults.run, field.name), f"run.{field.name}")
+        _DEFINED[field.name] = ("", C.RunConfig, field.name, optional)
+    for group, instance in defaults.groups.items():
+        cls = type(instance)
+        for field in dataclasses.fields(cls):
+            kind, optional = C.field_kind(cls, field.name)
+            name = f"{group}.{field.name}"
+            _define(name, kind, optional, getattr(instance, field.name), f"{cls.__name__}.{field.name}")
+            _DEFINED[name] = (group, cls, field.name, optional)
+
+
+def config_from_flags() -> C.SequenceConfig:
+    cfg = C.default_config()
+    if FLAGS.config:
+        cfg = C.from_seed_yaml(FLAGS.config, cfg)
+    overrides = {}
+    for name, (group, cls, field, optional) in _DEFINED.items():
+        flag = FLAGS[name]
+        if not flag.present:
+            continue
+        kind, _ = C.field_kind(cls, field)
+        overrides[name] = C.coerce(flag.value, kind, optional, f"--{name}")
+    if "symbols" in overrides and [s.lower() for s in overrides["symbols"]] == ["all"]:
+        overrides["symbols"] = ("all",)
+    return C.apply_overrides(cfg, overrides)
+
+
+def main(argv) -> int:
+    del argv
+    from jaxtrade.sequence import run_sequence
+
+    logging.set_verbosity(logging.INFO)
+    cfg = config_from_flags()
+    return run_sequence(cfg, out=sys.stdout)
+
+
+def run_main(argv=None) -> None:
+    define_flags()
+    run(main, argv, list_flags=["symbols", "stages"])
+
+
+if __name__ == "__main__":
+    run_main()

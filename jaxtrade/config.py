@@ -1,0 +1,344 @@
+"""Typed configuration of the training sequence, with the seed's defaults (DESIGN sections 4, 9, 10).
+
+Three layers, later wins: the dataclass defaults (= the seed's production values), the seed's YAML layout
+(`--config config/training_sequence.yaml`, read by `from_seed_yaml`), and flags given on the command line.
+Every field is a flag: top-level run fields as `--symbols`, `--seed`, ...; group fields as `--ppo.learning_rate`,
+`--moe.num_experts`, `--ppo_gate.min_win_rate`, `--progression.on_fail`, `--env.cost_model`, ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping
+
+from jaxtrade.agents.ppo import PPOConfig
+from jaxtrade.errors import InputError
+
+ON_FAIL = ("continue", "extend", "stop")
+STAGES = ("ppo", "moe", "maml")
+FINAL_METRICS = ("sharpe", "sortino", "total_return", "profit_factor", "win_rate", "calmar")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    symbols: tuple[str, ...] = ("Nifty_2", "Bank_Nifty_5")  # or ("all",): every processed symbol
+    processed_data_dir: str = "data/processed"
+    raw_data_dir: str = "data/raw"  # used only to generate/process the embedded default on a fresh clone
+    checkpoint_dir: str = "checkpoints"
+    run_name: str = "default"
+    stages: tuple[str, ...] = STAGES
+    seed: int = 0
+    overwrite: bool = False  # retrain finished stages instead of skipping them
+    save_checkpoints: bool = True
+    checkpoint_every: int = 50  # iterations between Orbax saves (the seed's monitoring.checkpoint_frequency)
+    keep_checkpoints: int = 3
+    save_stage_models: bool = True  # export each stage's .pth
+    keep_best_models: bool = True  # write {symbol}_final_model.pth = the best stage on validation
+    transfer_learning: bool = True  # each stage starts from the previous stage's policy
+    final_metric: str = "sharpe"  # validation metric that picks the final model
+    generate_reports: bool = True  # test-split backtest report at the end
+    compare_stages: bool = True  # the report lists every stage beside the baselines
+    output_dir: str = "reports"
+    report_file: str = ""  # default: {output_dir}/{run_name}_report.txt
+    eval_split: str = "val"  # split the gates read
+    report_split: str = "test"
+    log_every: int = 10  # iterations between progress lines
+
+    def __post_init__(self):
+        bad = [s for s in self.stages if s not in STAGES]
+        if bad or not self.stages:
+            raise InputError(f"--stages: unknown stage(s) {', '.join(bad) or '(none)'} (choose from "
+                             f"{', '.join(STAGES)})")
+        if list(self.stages) != sorted(self.stages, key=STAGES.index):
+            raise InputError(f"--stages must be in the order ppo, moe, maml; got {','.join(self.stages)}")
+        if self.final_metric not in FINAL_METRICS:
+            raise InputError(f"--final_metric: {self.final_metric!r} is not one of {', '.join(FINAL_METRICS)}")
+        if self.checkpoint_every < 1:
+            raise InputError(f"--checkpoint_every must be >= 1, got {self.checkpoint_every}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    cost_model: str = "nse_futures"  # zero | bps | nse_futures | nse_options
+    cost_bps: float = 1.0  # for cost_model=bps
+    slippage_ticks: float = 1.0
+    lot_size: float = 0.0  # 0: the symbol's current NSE lot size
+    dated_lots: bool = False  # trade the lot size in force on each session's date
+    max_lots: int = 1
+    initial_capital: float = 100_000.0
+    episode_sessions: int = 1
+    allow_overnight: bool = False
+    square_off_time: str = ""  # "HH:MM" IST; empty: square off at the session's last bar
+    split_fractions: tuple[float, ...] = (0.70, 0.15, 0.15)
+
+
+@dataclasses.dataclass(frozen=True)
+class GateConfig:
+    """A stage passes when every set criterion holds on the validation split (None = not checked)."""
+
+    min_win_rate: float | None = None
+    min_profit_factor: float | None = None
+    max_drawdown: float | None = None
+    min_iterations: int = 0  # the seed's advancement_criteria.min_episodes
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgressionConfig:
+    auto_progression: bool = True  # go on to the next stage automatically
+    on_fail: str = "extend"  # continue | extend | stop (the seed's extend_training: true -> extend)
+    max_extension_iterations: int = 200  # the seed's max_extension_episodes
+    extension_chunk: int = 50  # iterations per extension before the gate is checked again
+    hyperparameter_tuning: bool = True  # halve the learning rate at each extension
+
+    def __post_init__(self):
+        if self.on_fail not in ON_FAIL:
+            raise InputError(f"--progression.on_fail: {self.on_fail!r} is not one of {', '.join(ON_FAIL)}")
+
+
+def _group_types() -> dict[str, type]:
+    groups: dict[str, type] = {"env": EnvConfig, "ppo": PPOConfig, "ppo_gate": GateConfig,
+                               "progression": ProgressionConfig}
+    import importlib
+
+    # Stage modules are imported here, not at the top, so that `jaxtrade.config` stays cheap to import.
+    for stage, names in (("moe", ("MoEConfig", None)), ("maml", ("MAMLConfig", "MAMLGateConfig"))):
+        try:
+            module = importlib.import_module(f"jaxtrade.agents.{stage}")
+        except ModuleNotFoundError:
+            continue
+        groups[stage] = getattr(module, names[0])
+        groups[f"{stage}_gate"] = getattr(module, names[1]) if names[1] else GateConfig
+    return groups
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceConfig:
+    run: RunConfig
+    groups: Mapping[str, Any]  # group name -> config dataclass instance
+
+    def __getattr__(self, name):
+        groups = object.__getattribute__(self, "groups")
+        if name in groups:
+            return groups[name]
+        raise AttributeError(name)
+
+    def to_dict(self) -> dict:
+        return {"run": _plain(dataclasses.asdict(self.run)),
+                **{k: _plain(dataclasses.asdict(v)) for k, v in self.groups.items()}}
+
+
+def default_groups() -> dict[str, Any]:
+    defaults = {name: cls() for name, cls in _group_types().items()}
+    defaults["ppo_gate"] = GateConfig(min_win_rate=0.35, min_profit_factor=0.8, max_drawdown=0.40, min_iterations=50)
+    if "moe_gate" in defaults:
+        defaults["moe_gate"] = GateConfig(min_win_rate=0.40, min_profit_factor=1.0, max_drawdown=0.35,
+                                          min_iterations=100)
+    return defaults
+
+
+def default_config() -> SequenceConfig:
+    return SequenceConfig(run=RunConfig(), groups=default_groups())
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Field types, for flags and for checking YAML values
+
+
+def field_kind(cls, name: str):
+    """('int'|'float'|'bool'|'str'|'list_int'|'list_float'|'list_str', optional)."""
+    hints = typing.get_type_hints(cls)
+    tp = hints[name]
+    optional = False
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(tp))
+        tp = args[0]
+        origin = typing.get_origin(tp)
+    if origin in (tuple, list):
+        inner = typing.get_args(tp)[0]
+        return f"list_{inner.__name__}", optional
+    return tp.__name__, optional
+
+
+def coerce(value, kind: str, optional: bool, where: str):
+    """Check a YAML/flag value against a field kind; return it converted."""
+    if value is None:
+        if optional:
+            return None
+        raise InputError(f"{where}: null is not allowed (expected {kind})")
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+    elif kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif kind == "str":
+        if isinstance(value, str):
+            return value
+    elif kind.startswith("list_"):
+        inner = kind[5:]
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if isinstance(value, (list, tuple)):
+            return tuple(coerce(v, inner, False, where) for v in value)
+    expected = {"list_int": "a list of integers", "list_float": "a list of numbers",
+                "list_str": "a list of strings", "float": "a number"}.get(kind, f"a{'n' if kind == 'int' else ''} {kind}")
+    raise InputError(f"{where}: expected {expected}, got {type(value).__name__} {value!r}")
+
+
+def apply_overrides(config: SequenceConfig, overrides: Mapping[str, Any], where: str = "") -> SequenceConfig:
+    """overrides: {"seed": 1, "ppo.learning_rate": 3e-4, ...} (values already of the right type)."""
+    run_changes: dict[str, Any] = {}
+    group_changes: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        if "." in key:
+            group, field = key.split(".", 1)
+            if group not in config.groups or field not in {f.name for f in dataclasses.fields(config.groups[group])}:
+                raise InputError(f"{where}unknown setting {key!r}")
+            group_changes.setdefault(group, {})[field] = value
+        else:
+            if key not in {f.name for f in dataclasses.fields(RunConfig)}:
+                raise InputError(f"{where}unknown setting {key!r}")
+            run_changes[key] = value
+    try:
+        run = dataclasses.replace(config.run, **run_changes)
+        groups = dict(config.groups)
+        for group, changes in group_changes.items():
+            groups[group] = dataclasses.replace(groups[group], **changes)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{where}{e}") from None
+    return SequenceConfig(run=run, groups=groups)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The seed's YAML layout (DESIGN section 10)
+
+_TEXT = object()  # free text (str or list of str), accepted and kept out of the config
+_CHECK_ALGORITHM = {"stage_1_ppo": "PPO", "stage_2_moe": "MOE", "stage_3_maml": "MAML"}
+
+_STAGE_KEYS = {
+    "stage_1_ppo": {"episodes": "ppo.num_iterations", "success_criteria": {
+        "min_win_rate": "ppo_gate.min_win_rate", "min_profit_factor": "ppo_gate.min_profit_factor",
+        "max_drawdown": "ppo_gate.max_drawdown"}},
+    "stage_2_moe": {"episodes": "moe.num_iterations", "success_criteria": {
+        "min_win_rate": "moe_gate.min_win_rate", "min_profit_factor": "moe_gate.min_profit_factor",
+        "max_drawdown": "moe_gate.max_drawdown"}},
+    "stage_3_maml": {"meta_iterations": "maml.num_iterations", "episodes": "maml.num_iterations",
+                     "success_criteria": {
+                         "min_adaptation_speed": "maml_gate.min_adaptation_speed",
+                         "min_cross_symbol_performance": "maml_gate.min_cross_symbol_performance"}},
+}
+SEED_LAYOUT: dict[str, Any] = {
+    "training_sequence": {
+        name: {"algorithm": _TEXT, "description": _TEXT, "objectives": _TEXT, "prerequisites": _TEXT, **keys}
+        for name, keys in _STAGE_KEYS.items()},
+    "training_params": {
+        "ppo": {"learning_rate": "ppo.learning_rate", "batch_size": "ppo.minibatch_size", "gamma": "ppo.gamma",
+                "gae_lambda": "ppo.gae_lambda", "clip_epsilon": "ppo.clip_epsilon", "k_epochs": "ppo.update_epochs",
+                "num_envs": "ppo.num_envs", "num_steps": "ppo.num_steps", "entropy_coef": "ppo.ent_coef",
+                "value_coef": "ppo.vf_coef", "max_grad_norm": "ppo.max_grad_norm"},
+        "moe": {"num_experts": "moe.num_experts", "expert_hidden_dim": "moe.expert_hidden_dim",
+                "gating_hidden_dim": "moe.gating_hidden_dim", "gating_temperature": "moe.gating_temperature",
+                "diversity_loss_weight": "moe.diversity_loss_weight"},
+        "maml": {"meta_learning_rate": "maml.meta_learning_rate", "inner_loop_steps": "maml.inner_loop_steps",
+                 "evaluation_steps": "maml.evaluation_steps", "meta_batch_size": "maml.meta_batch_size",
+                 "inner_learning_rate": "maml.inner_learning_rate"},
+    },
+    "progression_rules": {
+        "auto_progression": "progression.auto_progression",
+        "advancement_criteria": {
+            "stage_1_to_2": {"min_episodes": "ppo_gate.min_iterations", "min_win_rate": "max:ppo_gate.min_win_rate",
+                             "min_profit_factor": "max:ppo_gate.min_profit_factor"},
+            "stage_2_to_3": {"min_episodes": "moe_gate.min_iterations", "min_win_rate": "max:moe_gate.min_win_rate",
+                             "min_profit_factor": "max:moe_gate.min_profit_factor"},
+        },
+        "fallback_strategies": {"extend_training": "special:extend_training",
+                                "max_extension_episodes": "progression.max_extension_iterations",
+                                "hyperparameter_tuning": "progression.hyperparameter_tuning"},
+    },
+    "monitoring": {"save_checkpoints": "save_checkpoints", "checkpoint_frequency": "checkpoint_every",
+                   "generate_reports": "generate_reports", "compare_stages": "compare_stages"},
+    "model_management": {"save_stage_models": "save_stage_models", "keep_best_models": "keep_best_models",
+                         "transfer_learning": "transfer_learning", "model_naming_convention": _TEXT},
+}
+
+
+def _kind_of_target(config: SequenceConfig, target: str):
+    if "." in target:
+        group, field = target.split(".", 1)
+        return field_kind(type(config.groups[group]), field)
+    return field_kind(RunConfig, target)
+
+
+def from_seed_yaml(path, config: SequenceConfig | None = None) -> SequenceConfig:
+    """Read the seed's `config/training_sequence.yaml` onto `config` (default: the defaults)."""
+    import yaml
+
+    config = config or default_config()
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"--config: {path}: file not found") from None
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if doc is None:
+        doc = {}
+    if not isinstance(doc, dict):
+        raise InputError(f"{path}: expected a mapping at the top level")
+    overrides: dict[str, Any] = {}
+    maxima: dict[str, float] = {}
+
+    def walk(node, layout, trail):
+        for key, value in node.items():
+            where = f"{path}: {'.'.join(trail + [str(key)])}"
+            if key not in layout:
+                raise InputError(f"{where}: unknown key")
+            spec = layout[key]
+            if spec is _TEXT:
+                if key == "algorithm" and isinstance(value, str):
+                    stage = trail[-1]
+                    if value.replace("-", "").upper() != _CHECK_ALGORITHM[stage]:
+                        raise InputError(f"{where}: {value!r} cannot run as {stage} (expected "
+                                         f"{_CHECK_ALGORITHM[stage]})")
+                if not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+                    raise InputError(f"{where}: expected text, got {type(value).__name__}")
+                continue
+            if isinstance(spec, dict):
+                if not isinstance(value, dict):
+                    raise InputError(f"{where}: expected a mapping, got {type(value).__name__}")
+                walk(value, spec, trail + [str(key)])
+                continue
+            if spec == "special:extend_training":
+                coerce(value, "bool", False, where)
+                overrides["progression.on_fail"] = "extend" if value else "continue"
+                continue
+            use_max = spec.startswith("max:")
+            target = spec[4:] if use_max else spec
+            kind, optional = _kind_of_target(config, target)
+            converted = coerce(value, kind, optional, where)
+            if use_max:
+                maxima[target] = converted
+            else:
+                overrides[target] = converted
+
+    walk(doc, SEED_LAYOUT, [])
+    for target, value in maxima.items():  # advancement criteria: the stricter of the two wins
+        current = overrides.get(target, getattr(config.groups[target.split(".")[0]], target.split(".")[1]))
+        overrides[target] = value if current is None else max(current, value)
+    return apply_overrides(config, overrides, where=f"{path}: ")

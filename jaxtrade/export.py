@@ -1,0 +1,647 @@
+"""Export trained policies to PyTorch `.pth` files and load them back (DESIGN section 5).
+
+A `.pth` file is `torch.save` of a plain dict that loads with `torch.load(f, weights_only=True)`:
+
+    {"state_dict": {name: float32 tensor},
+     "config": {"format": "jaxtrade.pth", "format_version": 1, "jaxtrade_version": "0.1.0",
+                "architecture": "actor_critic" | "moe_actor_critic",
+                "network": {...},                        # see `network_config` (the same dict the Orbax meta holds)
+                "observation": {"obs_names": [...], "obs_dim": D},
+                "scaler": Scaler.to_dict() or None,      # feature scaling (observations are already scaled)
+                "symbol": str, "stage": str, "metrics": {...}, "extra": {...}}}
+
+Everything in `config` is plain Python (str, int, float, bool, None, list, dict with str keys).
+
+State-dict names mirror the Flax parameter names, one `nn.Linear` per `nn.Dense`: `actor_0.weight`,
+`actor_0.bias`, ..., `actor_out.weight`, `critic_0.weight`, ..., `critic_out.bias`; `weight` is the Flax
+`kernel` transposed (`[out, in]`). For the mixture of experts the expert parameters (stacked on a leading
+expert axis in Flax) are unstacked into one sub-module per expert, `experts.{e}.actor_0.weight`, ..., and the
+gating MLP's layers keep their Flax names under `gate.` (`gate.{layer}.weight`); see `_moe_layout`.
+
+Entry points:
+    export_pth(path, params, network, *, symbol, stage, obs_names, scaler=None, metrics=None, extra=None)
+    load_pth(path) -> (state_dict {name: np.ndarray}, config)
+    params_from_pth(path) -> (flax variables {"params": ...}, flax module, config)
+    torch_policy(path_or_dict) -> torch.nn.Module   forward(obs [B, D]) -> (logits [B, A], value [B])
+    load_policy(path, *, backend="torch") -> LoadedPolicy(act, name, config)   (.pth file or Orbax directory)
+    network_config(network) -> dict / network_from_config(config) -> flax module
+
+PyTorch is imported lazily: `jaxtrade` (and this module) import without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxtrade import networks as N
+from jaxtrade.errors import InputError
+
+FORMAT = "jaxtrade.pth"
+FORMAT_VERSION = 1
+TORCH_HINT = "pip install torch==2.13.0"
+
+ARCH_ACTOR_CRITIC = "actor_critic"
+ARCH_MOE = "moe_actor_critic"
+
+
+def _jaxtrade_version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("jaxtrade")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        return "unknown"
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        raise InputError(f"PyTorch is needed to read or write .pth files: {TORCH_HINT}") from None
+    return torch
+
+
+# ------------------------------------------------------------------------------------- plain config values
+
+def _plain(obj: Any, where: str = "config") -> Any:
+    """`obj` as plain Python (what `torch.load(weights_only=True)` and JSON accept)."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, (int, np.integer)) and not isinstance(obj, bool):
+        return int(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj)
+    if isinstance(obj, (np.ndarray, jax.Array)):
+        arr = np.asarray(obj)
+        return _plain(arr.item() if arr.ndim == 0 else arr.tolist(), where)
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v, f"{where}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if hasattr(obj, "to_dict"):
+        return _plain(obj.to_dict(), where)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _plain(dataclasses.asdict(obj), where)
+    raise TypeError(f"{where}: {type(obj).__name__} cannot be stored in a .pth config (use plain values)")
+
+
+# ------------------------------------------------------------------------------------- network config
+
+def _moe_class():
+    return getattr(N, "MoEActorCritic", None)
+
+
+def _architecture_of(network) -> str:
+    moe = _moe_class()
+    if moe is not None and isinstance(network, moe):
+        return ARCH_MOE
+    if isinstance(network, N.ActorCritic):
+        return ARCH_ACTOR_CRITIC
+    raise TypeError(f"cannot export a {type(network).__name__}: only ActorCritic and MoEActorCritic are supported")
+
+
+def _module_fields(network) -> dict:
+    skip = {"parent", "name"}
+    return {f.name: getattr(network, f.name) for f in dataclasses.fields(network)
+            if f.init and f.name not in skip}
+
+
+def network_config(network, obs_dim: int | None = None) -> dict:
+    """The network's constructor arguments as plain Python, plus `architecture` (and `obs_dim` when given).
+
+    Keys (also what the Orbax stage meta must hold under "network"):
+      actor_critic:      architecture="actor_critic", num_actions, hidden_sizes (list of int), activation,
+                         obs_dim (optional: checked against the parameters when present)
+      moe_actor_critic:  architecture="moe_actor_critic", num_actions, num_experts, expert_hidden_dim,
+                         gating_hidden_dim, gating_temperature, plus any other MoEActorCritic field
+                         (e.g. hidden_sizes, activation), obs_dim (optional)
+    """
+    cfg = {"architecture": _architecture_of(network)}
+    cfg.update(_plain(_module_fields(network), "network"))
+    if obs_dim is not None:
+        cfg["obs_dim"] = int(obs_dim)
+    return cfg
+
+
+def network_from_config(config: Mapping) -> Any:
+    """Rebuild the Flax module from `network_config`'s dict (or a whole .pth config / Orbax meta holding it
+    under "network"). Unknown keys other than `architecture` and `obs_dim` are an error, so a config written by
+    a newer network does not silently build a different one."""
+    if "network" in config and isinstance(config["network"], Mapping):
+        config = config["network"]
+    arch = config.get("architecture", ARCH_ACTOR_CRITIC)
+    if arch == ARCH_ACTOR_CRITIC:
+        cls = N.ActorCritic
+    elif arch == ARCH_MOE:
+        cls = _moe_class()
+        if cls is None:
+            raise InputError("this model is a mixture of experts, but jaxtrade.networks has no MoEActorCritic")
+    else:
+        raise InputError(f"unknown network architecture {arch!r} (expected {ARCH_ACTOR_CRITIC!r} or {ARCH_MOE!r})")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")}
+    kwargs = {}
+    for k, v in config.items():
+        if k in ("architecture", "obs_dim"):
+            continue
+        if k not in fields:
+            raise InputError(f"network config: {cls.__name__} has no field {k!r}")
+        kwargs[k] = tuple(v) if isinstance(v, list) else v
+    if "num_actions" not in kwargs:
+        raise InputError("network config: 'num_actions' is missing")
+    return cls(**kwargs)
+
+
+# ------------------------------------------------------------------------------------- params <-> state dict
+
+def _unwrap(params) -> dict:
+    """The inner parameter dict of flax variables `{"params": {...}}` (or the dict itself)."""
+    params = jax.tree.map(np.asarray, params)
+    if isinstance(params, Mapping) and set(params.keys()) == {"params"}:
+        params = params["params"]
+    return {k: v for k, v in params.items()}
+
+
+def _flatten(tree: Mapping, prefix: tuple = ()) -> dict[tuple, np.ndarray]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, prefix + (str(k),)))
+        else:
+            out[prefix + (str(k),)] = v
+    return out
+
+
+def _set(tree: dict, path: tuple, value) -> None:
+    for k in path[:-1]:
+        tree = tree.setdefault(k, {})
+    tree[path[-1]] = value
+
+
+def _dense_to_torch(path: tuple, leaf: np.ndarray) -> tuple[str, np.ndarray]:
+    """One Flax Dense leaf -> (PyTorch name, array): `kernel [in, out]` -> `weight [out, in]`."""
+    *mods, kind = path
+    if kind == "kernel":
+        return ".".join(mods + ["weight"]), np.swapaxes(leaf, -1, -2)
+    if kind == "bias":
+        return ".".join(mods + ["bias"]), leaf
+    raise ValueError(f"unexpected parameter {'/'.join(path)} (only Dense kernel/bias are exported)")
+
+
+def _torch_to_dense(name: str, arr: np.ndarray) -> tuple[tuple, np.ndarray]:
+    *mods, kind = name.split(".")
+    if kind == "weight":
+        return tuple(mods) + ("kernel",), np.swapaxes(arr, -1, -2)
+    if kind == "bias":
+        return tuple(mods) + ("bias",), arr
+    raise InputError(f"unexpected state-dict entry {name!r}")
+
+
+EXPERTS = "experts"  # the Flax sub-tree whose parameters are stacked on a leading expert axis
+
+
+def state_dict_from_params(params, network=None) -> dict[str, np.ndarray]:
+    """Flax parameters (`{"params": ...}` or the inner dict) -> {PyTorch name: float32 array}.
+
+    Names are the Flax module path joined by "." plus `weight` (kernel transposed) or `bias`; the stacked
+    `experts` sub-tree of the mixture of experts is unstacked: `experts/actor_0/kernel[e]` ->
+    `experts.{e}.actor_0.weight`. `network` is accepted for symmetry and not needed."""
+    del network
+    out: dict[str, np.ndarray] = {}
+    for path, leaf in _flatten(_unwrap(params)).items():
+        if path[0] == EXPERTS:
+            for e in range(leaf.shape[0]):
+                name, arr = _dense_to_torch((EXPERTS, str(e)) + path[1:], leaf[e])
+                out[name] = arr
+        else:
+            name, arr = _dense_to_torch(path, leaf)
+            out[name] = arr
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def params_from_state_dict(state_dict: Mapping[str, Any], config: Mapping | None = None) -> dict:
+    """Inverse of `state_dict_from_params`: -> flax variables `{"params": {...}}` of float32 numpy arrays
+    (`config` is accepted for symmetry; the names carry the structure)."""
+    del config
+    tree: dict = {}
+    stacked: dict[tuple, dict[int, np.ndarray]] = {}
+    for name, value in state_dict.items():
+        arr = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value, dtype=np.float32)
+        parts = name.split(".")
+        if parts[0] == EXPERTS:
+            if len(parts) < 3 or not parts[1].isdigit():
+                raise InputError(f"unexpected state-dict entry {name!r} (expected experts.{{e}}.<layer>.<param>)")
+            path, leaf = _torch_to_dense(".".join(parts[2:]), arr)
+            stacked.setdefault((EXPERTS,) + path, {})[int(parts[1])] = leaf
+        else:
+            path, leaf = _torch_to_dense(name, arr)
+            _set(tree, path, leaf)
+    for path, by_expert in stacked.items():
+        if sorted(by_expert) != list(range(len(by_expert))):
+            raise InputError(f"state dict: experts {sorted(by_expert)} for {'.'.join(path)} are not 0..E-1")
+        _set(tree, path, np.stack([by_expert[e] for e in range(len(by_expert))]))
+    return {"params": tree}
+
+
+def _check_params(params, network, obs_dim: int) -> None:
+    """Apply the network to a dummy observation: the parameters must fit its structure and `obs_dim`."""
+    try:
+        ref = jax.eval_shape(network.init, jax.random.key(0), jnp.zeros((1, obs_dim), jnp.float32))
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"network config cannot build a network: {type(e).__name__}: {e}") from None
+    want = {"/".join(p): tuple(v.shape) for p, v in _flatten(_unwrap_abstract(ref)).items()}
+    got = {"/".join(p): tuple(np.shape(v)) for p, v in _flatten(_unwrap(params)).items()}
+    if want != got:
+        missing = sorted(set(want) - set(got))
+        extra = sorted(set(got) - set(want))
+        wrong = sorted(k for k in set(want) & set(got) if want[k] != got[k])
+        detail = "; ".join(s for s in (f"missing {missing[:3]}" if missing else "",
+                                       f"unexpected {extra[:3]}" if extra else "",
+                                       f"shape mismatch {[(k, got[k], want[k]) for k in wrong[:3]]}" if wrong
+                                       else "") if s)
+        raise InputError(f"parameters do not match the network config ({detail})")
+
+
+def _unwrap_abstract(variables) -> dict:
+    if isinstance(variables, Mapping) and "params" in variables:
+        return dict(variables["params"])
+    return dict(variables)
+
+
+def _infer_obs_dim(params) -> int:
+    """Input width of the network: the first layer's kernel (`gate_0`, `actor_0` or `actor_out`)."""
+    inner = _unwrap(params)
+    for first in ("gate_0", "actor_0", "actor_out"):
+        if first in inner:
+            return int(np.shape(inner[first]["kernel"])[0])
+    raise InputError(f"cannot tell the observation size from parameters {sorted(inner)}")
+
+
+# ------------------------------------------------------------------------------------- writing
+
+def export_pth(path, params, network, *, symbol: str, stage: str, obs_names, scaler=None, metrics=None,
+               extra=None) -> Path:
+    """Write `params` of `network` (an `ActorCritic` or `MoEActorCritic`) as a jaxtrade `.pth` file, atomically
+    (a temporary file in the same directory, then `os.replace`). `scaler`: a `features.Scaler` or its dict;
+    `metrics`, `extra`: dicts of plain values (numpy / JAX scalars and arrays are converted). Returns the path."""
+    torch = _import_torch()
+    path = Path(path)
+    obs_names = [str(n) for n in obs_names]
+    obs_dim = len(obs_names)
+    got_dim = _infer_obs_dim(params)
+    if got_dim != obs_dim:
+        raise ValueError(f"export_pth: the network takes {got_dim} inputs but obs_names has {obs_dim}")
+    _check_params(params, network, obs_dim)
+    net_cfg = network_config(network, obs_dim=obs_dim)
+    config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "jaxtrade_version": _jaxtrade_version(),
+        "architecture": net_cfg["architecture"],
+        "network": net_cfg,
+        "observation": {"obs_names": obs_names, "obs_dim": obs_dim},
+        "scaler": _plain(scaler, "scaler"),
+        "symbol": str(symbol),
+        "stage": str(stage),
+        "metrics": _plain(metrics or {}, "metrics"),
+        "extra": _plain(extra or {}, "extra"),
+    }
+    sd = state_dict_from_params(params, network)
+    payload = {"state_dict": {k: torch.from_numpy(v.copy()) for k, v in sd.items()}, "config": config}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+# ------------------------------------------------------------------------------------- reading
+
+def _validate(obj, where: str) -> tuple[dict, dict]:
+    if not (isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping)
+            and isinstance(obj.get("config"), Mapping)):
+        raise InputError(f"{where}: not a jaxtrade .pth file (expected a dict with 'state_dict' and 'config')")
+    config = dict(obj["config"])
+    if config.get("format") != FORMAT:
+        raise InputError(f"{where}: not a jaxtrade .pth file (config format is {config.get('format')!r}, "
+                         f"expected {FORMAT!r})")
+    version = config.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise InputError(f"{where}: .pth format version {version!r} is newer than this jaxtrade reads "
+                         f"({FORMAT_VERSION}); upgrade jaxtrade")
+    if not isinstance(config.get("network"), Mapping):
+        raise InputError(f"{where}: jaxtrade .pth config has no 'network' entry")
+    return dict(obj["state_dict"]), config
+
+
+def _load_raw(path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: model file not found")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file (expected a jaxtrade .pth file)")
+    torch = _import_torch()
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a corrupt or foreign file is bad input
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise InputError(f"{path}: not a jaxtrade .pth file (torch.load failed: {type(e).__name__}: "
+                         f"{first[:200]})") from None
+
+
+def load_pth(path) -> tuple[dict[str, np.ndarray], dict]:
+    """Read a jaxtrade `.pth` file -> (state dict as float32 numpy arrays, config)."""
+    sd, config = _validate(_load_raw(path), str(path))
+    out = {}
+    for k, v in sd.items():
+        try:
+            out[str(k)] = v.detach().cpu().numpy().astype(np.float32) if hasattr(v, "detach") \
+                else np.asarray(v, np.float32)
+        except Exception:  # noqa: BLE001
+            raise InputError(f"{path}: state-dict entry {k!r} is not a tensor") from None
+    return out, config
+
+
+def params_from_pth(path) -> tuple[dict, Any, dict]:
+    """Rebuild the JAX side of a `.pth`: (flax variables `{"params": ...}` as jnp arrays, flax module, config).
+    `network.apply(variables, obs)` then gives `(logits, value)` as the exported policy did."""
+    sd, config = load_pth(path)
+    network = network_from_config(config)
+    params = params_from_state_dict(sd, config)
+    _check_params(params, network, _obs_dim_of(config))
+    return jax.tree.map(jnp.asarray, params), network, config
+
+
+# ------------------------------------------------------------------------------------- PyTorch module
+
+_TORCH_CLASSES: dict[str, Any] = {}
+
+
+def _torch_activation(name: str):
+    torch = _import_torch()
+    F = torch.nn.functional
+    table = {
+        "tanh": torch.tanh,
+        "relu": F.relu,
+        "gelu": lambda x: F.gelu(x, approximate="tanh"),  # flax.linen.gelu defaults to the tanh approximation
+        "elu": F.elu,
+        "silu": F.silu,
+    }
+    if name not in table:
+        raise InputError(f"activation {name!r} has no PyTorch equivalent here (choose from {', '.join(table)})")
+    return table[name]
+
+
+def _torch_classes() -> dict[str, Any]:
+    """Define the PyTorch modules on first use (torch is imported lazily)."""
+    if _TORCH_CLASSES:
+        return _TORCH_CLASSES
+    torch = _import_torch()
+    nn = torch.nn
+
+    class ActorCriticMLP(nn.Module):
+        """`networks.ActorCritic` in PyTorch: Linear layers `actor_{i}`, `actor_out`, `critic_{i}`,
+        `critic_out`; forward(obs [..., D]) -> (logits [..., A], value [...])."""
+
+        def __init__(self, obs_dim: int, num_actions: int, hidden_sizes, activation: str):
+            super().__init__()
+            self.hidden_sizes = [int(h) for h in hidden_sizes]
+            self.activation = str(activation)
+            self._act_fn = _torch_activation(self.activation)
+            for head in ("actor", "critic"):
+                width = int(obs_dim)
+                for i, h in enumerate(self.hidden_sizes):
+                    setattr(self, f"{head}_{i}", nn.Linear(width, h))
+                    width = h
+                setattr(self, f"{head}_out", nn.Linear(width, int(num_actions) if head == "actor" else 1))
+
+        def forward(self, obs):
+            h = obs
+            for i in range(len(self.hidden_sizes)):
+                h = self._act_fn(getattr(self, f"actor_{i}")(h))
+            logits = self.actor_out(h)
+            v = obs
+            for i in range(len(self.hidden_sizes)):
+                v = self._act_fn(getattr(self, f"critic_{i}")(v))
+            return logits, self.critic_out(v).squeeze(-1)
+
+    class PolicyMixin:
+        """`action_probs(obs)` (softmax of the logits) and greedy `act(obs)` on top of
+        forward(obs [B, D] float32) -> (logits [B, A], value [B]); `config` is the .pth config."""
+
+        config: dict
+
+        def action_probs(self, obs):
+            logits, _ = self(obs)
+            return torch.softmax(logits, dim=-1)
+
+        def act(self, obs):
+            logits, _ = self(obs)
+            return torch.argmax(logits, dim=-1)
+
+        @property
+        def obs_names(self) -> list[str]:
+            return list((self.config.get("observation") or {}).get("obs_names") or [])
+
+    class TorchActorCritic(PolicyMixin, ActorCriticMLP):
+        """State-dict names `actor_0.weight`, ..., `critic_out.bias`."""
+
+        def __init__(self, config: dict):
+            net = config["network"]
+            super().__init__(_obs_dim_of(config), int(net["num_actions"]), net.get("hidden_sizes", [64, 64]),
+                             net.get("activation", "tanh"))
+            self.config = config
+
+    class TorchMoEActorCritic(PolicyMixin, nn.Module):
+        """`networks.MoEActorCritic` in PyTorch. State-dict names: `gate_0.*`, `gate_out.*`,
+        `experts.{e}.actor_0.*`, ..., `experts.{e}.critic_out.*`.
+
+        g = softmax(gate_out(act(gate_0(obs))) / T); logits = log sum_e g_e softmax(logits_e);
+        value = sum_e g_e v_e."""
+
+        def __init__(self, config: dict):
+            super().__init__()
+            net = config["network"]
+            self.config = config
+            obs_dim = _obs_dim_of(config)
+            num_experts = int(net.get("num_experts", 4))
+            self.gating_temperature = float(net.get("gating_temperature", 0.8))
+            activation = str(net.get("activation", "tanh"))
+            self._act_fn = _torch_activation(activation)
+            self.gate_0 = nn.Linear(obs_dim, int(net.get("gating_hidden_dim", 64)))
+            self.gate_out = nn.Linear(int(net.get("gating_hidden_dim", 64)), num_experts)
+            hidden = [int(net.get("expert_hidden_dim", 128))] * int(net.get("expert_num_layers", 2))
+            self.experts = nn.ModuleList(ActorCriticMLP(obs_dim, int(net["num_actions"]), hidden, activation)
+                                         for _ in range(num_experts))
+
+        def details(self, obs):
+            z = self.gate_out(self._act_fn(self.gate_0(obs))) / self.gating_temperature
+            gate_probs = torch.softmax(z, dim=-1)
+            outs = [expert(obs) for expert in self.experts]
+            expert_logits = torch.stack([o[0] for o in outs], dim=-2)  # [..., E, A]
+            expert_values = torch.stack([o[1] for o in outs], dim=-1)  # [..., E]
+            log_p = torch.log_softmax(expert_logits, dim=-1)
+            log_gate = torch.log_softmax(z, dim=-1)
+            logits = torch.logsumexp(log_gate.unsqueeze(-1) + log_p, dim=-2)
+            value = (gate_probs * expert_values).sum(-1)
+            return {"logits": logits, "value": value, "gate_probs": gate_probs, "gate_logits": z,
+                    "expert_logits": expert_logits, "expert_values": expert_values}
+
+        def forward(self, obs):
+            d = self.details(obs)
+            return d["logits"], d["value"]
+
+    _TORCH_CLASSES.update(ActorCriticMLP=ActorCriticMLP, PolicyMixin=PolicyMixin,
+                          TorchActorCritic=TorchActorCritic, TorchMoEActorCritic=TorchMoEActorCritic)
+    return _TORCH_CLASSES
+
+
+def _obs_dim_of(config: Mapping) -> int:
+    dim = (config.get("observation") or {}).get("obs_dim") or (config.get("network") or {}).get("obs_dim")
+    if dim is None:
+        raise InputError("model config has no observation size (observation.obs_dim)")
+    return int(dim)
+
+
+def torch_policy(path_or_dict) -> Any:
+    """A PyTorch `nn.Module` (eval mode, float32, CPU) rebuilt from a jaxtrade `.pth` path or its loaded dict
+    (`{"state_dict", "config"}`; tensors or arrays): `forward(obs [B, D]) -> (logits [B, A], value [B])`,
+    `action_probs(obs)`, `act(obs)` (greedy), `.config`."""
+    torch = _import_torch()
+    if isinstance(path_or_dict, (str, os.PathLike)):
+        sd, config = _validate(_load_raw(path_or_dict), str(path_or_dict))
+        where = str(path_or_dict)
+    else:
+        sd, config = _validate(path_or_dict, "torch_policy")
+        where = "torch_policy"
+    classes = _torch_classes()
+    arch = config["network"].get("architecture", ARCH_ACTOR_CRITIC)
+    cls = {ARCH_ACTOR_CRITIC: classes["TorchActorCritic"], ARCH_MOE: classes.get("TorchMoEActorCritic")}.get(arch)
+    if cls is None:
+        raise InputError(f"{where}: no PyTorch module for architecture {arch!r}")
+    module = cls(config)
+    tensors = {k: torch.as_tensor(np.asarray(v.detach().cpu() if hasattr(v, "detach") else v, np.float32))
+               for k, v in sd.items()}
+    try:
+        module.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise InputError(f"{where}: state dict does not match its config ({str(e).splitlines()[0]})") from None
+    return module.eval()
+
+
+# ------------------------------------------------------------------------------------- policies for JAX
+
+class LoadedPolicy(NamedTuple):
+    """`act(key, obs) -> int32 action` (pure, jit/vmap-able; `obs` `[..., D]`), a name, and the config.
+    Unpacks as `act, name, config = load_policy(path)`; also callable as `act` itself."""
+
+    act: Callable[[jax.Array, jax.Array], jax.Array]
+    name: str
+    config: dict
+
+    def __call__(self, key, obs):
+        return self.act(key, obs)
+
+
+def _torch_act(module) -> Callable:
+    torch = _import_torch()
+
+    def host_act(obs):
+        obs = np.asarray(obs, np.float32)
+        with torch.no_grad():
+            a = module.act(torch.from_numpy(obs.reshape(-1, obs.shape[-1]).copy()))
+        return a.cpu().numpy().astype(np.int32).reshape(obs.shape[:-1])
+
+    def act(key, obs):
+        del key
+        return jax.pure_callback(host_act, jax.ShapeDtypeStruct(jnp.shape(obs)[:-1], jnp.int32), obs,
+                                 vmap_method="broadcast_all")
+
+    return act
+
+
+def _jax_act(network, params) -> Callable:
+    params = jax.tree.map(jnp.asarray, params)
+
+    def act(key, obs):
+        del key
+        logits, _ = network.apply(params, obs)
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    return act
+
+
+def check_observation(config: Mapping, obs_names, where: str = "model") -> None:
+    """InputError unless the model was trained on observations `obs_names` (when its config says)."""
+    want = (config.get("observation") or {}).get("obs_names")
+    if want is None:
+        return
+    if list(want) != list(obs_names):
+        diff = [f"{i}: {a!r} vs {b!r}" for i, (a, b) in enumerate(zip(want, obs_names)) if a != b][:2]
+        raise InputError(f"{where}: the model expects {len(want)} observations {diff or ''} but the environment "
+                         f"gives {len(obs_names)}; retrain or export it for this observation layout")
+
+
+def load_policy(path, *, backend: str = "torch", step: int | None = None, obs_names=None) -> LoadedPolicy:
+    """Load a trained policy as `LoadedPolicy(act, name, config)`.
+
+    `path`: a jaxtrade `.pth` file, or an Orbax stage directory `checkpoints/{run}/{symbol}/{stage}` (its latest
+    step, or `step`), whose JSON meta holds the network config under "network" (see `network_config`).
+    `backend`: for a `.pth`, "torch" (default) runs the PyTorch module on the host through `jax.pure_callback`;
+    "jax" runs the rebuilt Flax network. Orbax directories always use JAX.
+    `obs_names`: when given, the model's observation names (if recorded) must match them."""
+    if backend not in ("torch", "jax"):
+        raise ValueError(f"load_policy: backend must be 'torch' or 'jax', got {backend!r}")
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: model not found")
+    if p.is_dir():
+        from jaxtrade.checkpoints import restore_params
+        params, meta = restore_params(p, step)
+        net_cfg = meta.get("network")
+        if not isinstance(net_cfg, Mapping):
+            raise InputError(f"{p}: checkpoint meta has no 'network' entry (the network config); cannot rebuild "
+                             f"the policy")
+        network = network_from_config(net_cfg)
+        params = {"params": _unwrap(params)}
+        obs_dim = net_cfg.get("obs_dim") or (meta.get("observation") or {}).get("obs_dim") \
+            or _infer_obs_dim(params)
+        _check_params(params, network, int(obs_dim))
+        config = dict(meta)
+        if obs_names is not None:
+            check_observation(config, obs_names, str(p))
+        name = f"{p.parent.name}_{p.name}"
+        return LoadedPolicy(_jax_act(network, params), name, config)
+    if p.suffix != ".pth":
+        raise InputError(f"{p}: neither a .pth file nor an Orbax checkpoint directory")
+    name = p.stem
+    if backend == "jax":
+        params, network, config = params_from_pth(p)
+        if obs_names is not None:
+            check_observation(config, obs_names, str(p))
+        return LoadedPolicy(_jax_act(network, params), name, config)
+    module = torch_policy(p)
+    if obs_names is not None:
+        check_observation(module.config, obs_names, str(p))
+    return LoadedPolicy(_torch_act(module), name, dict(module.config))

@@ -1,0 +1,529 @@
+"""The training sequence (DESIGN section 4): for each symbol, PPO -> MoE -> MAML with validation gates.
+
+For each symbol and each configured stage, in order:
+  1. build the stage's trainer (starting from the previous stage's policy when transfer learning is on),
+  2. train in chunks of `checkpoint_every` iterations, saving an Orbax checkpoint after each chunk (a rerun of
+     the same command resumes an unfinished stage from its latest checkpoint and skips finished stages unless
+     `overwrite`), with a progress line and `metrics.jsonl` every `log_every` iterations,
+  3. backtest the stage's greedy policy on the validation split and check the stage's gate; on failure apply
+     the progression rule (`continue`, `extend` by `extension_chunk` iterations up to
+     `max_extension_iterations`, optionally halving the learning rate, or `stop`),
+  4. export `{symbol}_{stage}.pth` and record the stage in `summary.json`.
+Then the final model (the best stage on validation by `final_metric`) is exported as
+`{symbol}_final_model.pth`, and every symbol is backtested on the test split into one report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from jaxtrade import data as D, env as E
+from jaxtrade.config import GateConfig, SequenceConfig
+from jaxtrade.costs import cost_model
+from jaxtrade.errors import GateFailure, InputError
+
+STAGE_FILES = {"ppo": "ppo_stage1", "moe": "moe_stage2", "maml": "maml_stage3_final"}
+SEED_TARGETS = {"win_rate": (0.40, 0.50), "profit_factor": (1.2, 1.8), "max_drawdown": 0.25, "sharpe": 1.0}
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _json_safe(x):
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Progress output
+
+
+class StageLogger:
+    """Host callback for a trainer: a progress bar on a terminal (a log line otherwise) and `metrics.jsonl`."""
+
+    def __init__(self, symbol: str, stage: str, total: int, jsonl_path: Path, stream=None):
+        self.symbol, self.stage, self.total = symbol, stage, total
+        self.jsonl_path = jsonl_path
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._last: tuple[float, float] | None = None
+        self._start = time.perf_counter()
+        self._start_steps: float | None = None
+
+    def __call__(self, metrics: dict[str, np.ndarray]) -> None:
+        m = {k: float(np.mean(np.asarray(v))) for k, v in metrics.items()}
+        now = time.perf_counter()
+        steps = m.get("env_steps", 0.0)
+        if self._start_steps is None:
+            self._start_steps = steps - m.get("batch_size", 0.0)
+        rate = 0.0
+        if self._last is not None and now > self._last[0] and steps > self._last[1]:
+            rate = (steps - self._last[1]) / (now - self._last[0])
+        self._last = (now, steps)
+        m["steps_per_s"] = rate
+        m["wall_s"] = now - self._start
+        m.update(symbol=self.symbol, stage=self.stage)
+        with open(self.jsonl_path, "a") as f:
+            f.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                for k, v in m.items()}) + "\n")
+        it = int(m.get("iteration", 0))
+        frac = min(it / max(self.total, 1), 1.0)
+        bar = "#" * int(frac * 20) + "." * (20 - int(frac * 20))
+        line = (f"{self.stage:4s} {self.symbol} [{bar}] {it}/{self.total} | {steps:,.0f} steps"
+                f"{f' | {rate:,.0f}/s' if rate else ''} | return {m.get('mean_episode_return', float('nan')):+.4f}"
+                f" | win {m.get('win_rate', float('nan')):.3f} pf {m.get('profit_factor', float('nan')):.3f}"
+                f" | pi {m.get('policy_loss', float('nan')):+.4f} v {m.get('value_loss', float('nan')):.4f}"
+                f" ent {m.get('entropy', float('nan')):.3f} kl {m.get('approx_kl', float('nan')):.4f}")
+        extra = [f"{k} {v:.2f}" for k, v in m.items() if k.startswith("expert_usage") or k == "gate_entropy"]
+        if extra:
+            line += " | " + " ".join(extra)
+        if self.tty:
+            self.stream.write("\r" + line[:200].ljust(200) + ("\n" if it >= self.total else ""))
+            self.stream.flush()
+        else:
+            logging.info("%s", line)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Stages
+
+
+@dataclasses.dataclass
+class StageRunner:
+    """What the sequence needs from a stage's trainer."""
+
+    trainer: Any  # init(key, params=None) -> rs; run(rs, n) -> (rs, metrics)
+    init_params: Any  # starting parameters (None: fresh init)
+    params_of: Callable[[Any], Any]  # runner state -> policy parameters
+    network: Any  # the Flax module of the policy (apply for evaluation, export)
+    iterations: int  # the stage's configured iterations
+    env_steps_per_iteration: int
+    rebuild: Callable[[float], Any]  # lr_scale -> a new trainer with the same state layout
+
+
+def _ppo_stage(cfg: SequenceConfig, env_params, prev, key, callback, lr_scale: float = 1.0) -> StageRunner:
+    from jaxtrade.agents import ppo
+
+    def build(scale):
+        conf = cfg.ppo.replace(learning_rate=cfg.ppo.learning_rate * scale, log_every=cfg.run.log_every)
+        return ppo.make_trainer(conf, env_params, callback=callback)
+
+    trainer = build(lr_scale)
+    return StageRunner(trainer=trainer, init_params=None, params_of=lambda rs: rs.train_state.params,
+                       network=trainer.network, iterations=cfg.ppo.num_iterations,
+                       env_steps_per_iteration=cfg.ppo.batch_size, rebuild=build)
+
+
+def _moe_stage(cfg: SequenceConfig, env_params, prev, key, callback, lr_scale: float = 1.0) -> StageRunner:
+    from jaxtrade.agents import moe
+
+    def build(scale):
+        conf = cfg.ppo.replace(learning_rate=cfg.ppo.learning_rate * scale, log_every=cfg.run.log_every)
+        return moe.make_trainer(cfg.moe, conf, env_params, callback=callback)
+
+    trainer = build(lr_scale)
+    init = None
+    if prev is not None and cfg.run.transfer_learning:
+        init = moe.init_from_ppo(prev["params"], key, cfg.moe, env_params=env_params, ppo_network=prev["network"])
+    return StageRunner(trainer=trainer, init_params=init, params_of=lambda rs: rs.train_state.params,
+                       network=trainer.network, iterations=cfg.moe.num_iterations,
+                       env_steps_per_iteration=cfg.ppo.batch_size, rebuild=build)
+
+
+def _maml_stage(cfg: SequenceConfig, env_params, prev, key, callback, lr_scale: float = 1.0) -> StageRunner:
+    from jaxtrade.agents import maml
+
+    def build(scale):
+        conf = cfg.maml.replace(meta_learning_rate=cfg.maml.meta_learning_rate * scale,
+                                log_every=cfg.run.log_every)
+        return maml.make_trainer(conf, cfg.ppo, env_params, moe_config=cfg.moe, callback=callback)
+
+    trainer = build(lr_scale)
+    init = prev["params"] if (prev is not None and cfg.run.transfer_learning) else None
+    return StageRunner(trainer=trainer, init_params=init, params_of=trainer.params_of, network=trainer.network,
+                       iterations=cfg.maml.num_iterations, env_steps_per_iteration=trainer.env_steps_per_iteration,
+                       rebuild=build)
+
+
+STAGE_BUILDERS = {"ppo": _ppo_stage, "moe": _moe_stage, "maml": _maml_stage}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Gates and validation
+
+
+def check_gate(metrics: dict, gate: GateConfig, iterations: int) -> tuple[bool, list[str]]:
+    """(passed, reasons it failed). A null metric (no trades, no losing trade) fails a minimum unless it
+    is a profit factor with winning trades only."""
+    reasons = []
+
+    def need_min(name, threshold):
+        if threshold is None:
+            return
+        value = metrics.get(name)
+        if name == "profit_factor" and value is None and (metrics.get("num_trades") or 0) > 0 \
+                and (metrics.get("win_rate") or 0) > 0:
+            return  # no losing trade: profit factor is unbounded
+        if value is None or not value >= threshold:
+            reasons.append(f"{name} {_fmt(value)} < {threshold:g}")
+
+    need_min("win_rate", gate.min_win_rate)
+    need_min("profit_factor", gate.min_profit_factor)
+    if gate.max_drawdown is not None:
+        dd = metrics.get("max_drawdown")
+        if dd is None or dd > gate.max_drawdown:
+            reasons.append(f"max_drawdown {_fmt(dd)} > {gate.max_drawdown:g}")
+    if iterations < gate.min_iterations:
+        reasons.append(f"iterations {iterations} < {gate.min_iterations}")
+    return not reasons, reasons
+
+
+class SymbolContext:
+    """One symbol's data and environments: float32 for training, float64 for validation/test backtests."""
+
+    def __init__(self, cfg: SequenceConfig, symbol: str):
+        from jaxtrade import backtest as B
+
+        self.cfg = cfg
+        self.symbol = symbol
+        env_cfg = cfg.env
+        self.market = D.load_market(cfg.run.processed_data_dir, symbol, split_fractions=env_cfg.split_fractions)
+        lo, _ = self.market.splits["train"]
+        as_of = self.market.session_dates[lo].astype(object)
+        costs = cost_model(env_cfg.cost_model, bps=env_cfg.cost_bps, as_of=as_of).params
+        self.lot_size = env_cfg.lot_size or None
+        self.train_params = E.make_params(
+            self.market, "train", cost_params=costs, lot_size=self.lot_size, dated_lots=env_cfg.dated_lots,
+            slippage_ticks=env_cfg.slippage_ticks, max_lots=env_cfg.max_lots,
+            initial_capital=env_cfg.initial_capital, episode_sessions=env_cfg.episode_sessions,
+            allow_overnight=env_cfg.allow_overnight, square_off_time=env_cfg.square_off_time or None)
+        with jax.enable_x64(True):
+            self.market64 = D.load_market(cfg.run.processed_data_dir, symbol, split_fractions=env_cfg.split_fractions,
+                                          price_dtype=jnp.float64)
+        self.backtest_config = B.BacktestConfig(
+            cost_model=env_cfg.cost_model, slippage_ticks=env_cfg.slippage_ticks, lot_size=self.lot_size,
+            allow_overnight=env_cfg.allow_overnight, initial_capital=env_cfg.initial_capital,
+            max_lots=env_cfg.max_lots, seed=cfg.run.seed)
+
+    def backtest(self, policy, split: str):
+        from jaxtrade import backtest as B
+
+        with jax.enable_x64(True):
+            return B.backtest(self.market64, policy, self.backtest_config, split=split)
+
+
+def policy_of(network, params, name: str, source: str | None = None):
+    from jaxtrade import policies
+
+    params = jax.tree.map(jnp.asarray, params)
+    return policies.policy_from_logits(network.apply, params, name, source=source)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Running a stage
+
+
+def _stage_dir(cfg: SequenceConfig, symbol: str, stage: str) -> Path:
+    return Path(cfg.run.checkpoint_dir) / cfg.run.run_name / symbol / stage
+
+
+def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev: dict | None, key) -> dict:
+    """Train (or resume, or skip) one stage; returns its record for summary.json plus params/network."""
+    from jaxtrade.checkpoints import StageCheckpointer
+
+    symbol = ctx.symbol
+    directory = _stage_dir(cfg, symbol, stage)
+    if cfg.run.overwrite and directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    jsonl = directory / "metrics.jsonl"
+    gate = cfg.groups.get(f"{stage}_gate")
+    prog = cfg.progression
+    k_init, k_stage = jax.random.split(key)
+
+    logger_box: dict[str, StageLogger] = {}
+
+    def callback(metrics):
+        logger_box["logger"](metrics)
+
+    runner = STAGE_BUILDERS[stage](cfg, ctx.train_params, prev, k_init, callback)
+    ckpt = StageCheckpointer(directory, keep=cfg.run.keep_checkpoints) if cfg.run.save_checkpoints else None
+    rs = runner.trainer.init(k_stage, runner.init_params)
+    target, done, lr_scale, extended, wall = runner.iterations, 0, 1.0, 0, 0.0
+    meta: dict[str, Any] = {}
+    latest = ckpt.latest_step() if ckpt else None
+    if latest is not None:
+        meta = ckpt.restore_meta(latest)
+        lr_scale = float(meta.get("lr_scale", 1.0))
+        if lr_scale != 1.0:
+            runner = dataclasses.replace(runner, trainer=runner.rebuild(lr_scale))
+        rs, meta = ckpt.restore(rs, latest)
+        done, target = int(meta["iteration"]), int(meta["target_iterations"])
+        extended, wall = int(meta.get("extended", 0)), float(meta.get("wall_s", 0.0))
+        if meta.get("complete"):
+            logging.info("%s %s: finished earlier (%d iterations); skipping (--overwrite retrains)", symbol, stage,
+                         done)
+            ckpt.close()
+            record = dict(meta["record"])
+            record["resumed"] = "skipped (finished earlier)"
+            return {"record": record, "params": runner.params_of(rs), "network": runner.network}
+        logging.info("%s %s: resuming from checkpoint at iteration %d of %d", symbol, stage, done, target)
+    elif not cfg.run.overwrite and jsonl.exists():
+        jsonl.unlink()  # a stale log from a run that never checkpointed
+    logger_box["logger"] = StageLogger(symbol, stage, target, jsonl)
+
+    def save(complete: bool, record: dict | None = None):
+        if ckpt is None:
+            return
+        ckpt.save(done, rs, {"iteration": done, "target_iterations": target, "complete": complete,
+                             "lr_scale": lr_scale, "extended": extended, "wall_s": wall, "stage": stage,
+                             "symbol": symbol, "network": network_config(runner.network), "record": record})
+
+    while True:
+        while done < target:
+            n = min(cfg.run.checkpoint_every - done % cfg.run.checkpoint_every, target - done)
+            t0 = time.perf_counter()
+            rs, _ = runner.trainer.run(rs, n)
+            jax.block_until_ready(rs)
+            wall += time.perf_counter() - t0
+            done += n
+            if done < target:
+                save(False)
+        params = runner.params_of(rs)
+        validation = ctx.backtest(policy_of(runner.network, params, f"{stage} (validation)"), cfg.run.eval_split)
+        vmetrics = validation.metrics
+        if stage == "maml":
+            passed, reasons = runner.trainer.gate(ctx, params, cfg)
+        else:
+            passed, reasons = check_gate(vmetrics, gate, done)
+        if passed or prog.on_fail != "extend" or extended >= prog.max_extension_iterations:
+            break
+        chunk = min(prog.extension_chunk, prog.max_extension_iterations - extended)
+        extended += chunk
+        target += chunk
+        logger_box["logger"].total = target
+        if prog.hyperparameter_tuning:
+            lr_scale *= 0.5
+            runner = dataclasses.replace(runner, trainer=runner.rebuild(lr_scale))
+        logging.info("%s %s: gate failed (%s); extending by %d iterations%s", symbol, stage, "; ".join(reasons),
+                     chunk, f" at learning rate x{lr_scale:g}" if prog.hyperparameter_tuning else "")
+        save(False)
+
+    record = {
+        "stage": stage, "iterations": done, "extended_iterations": extended, "wall_s": round(wall, 3),
+        "env_steps": int(done * runner.env_steps_per_iteration), "validation_split": cfg.run.eval_split,
+        "validation": vmetrics, "gate": dataclasses.asdict(gate) if gate is not None else None,
+        "gate_passed": bool(passed), "gate_failures": reasons, "learning_rate_scale": lr_scale,
+        "checkpoint": str(directory),
+    }
+    extra = getattr(runner.trainer, "summary_extras", None)
+    if extra is not None:
+        record.update(extra(ctx, params))
+    save(True, record)
+    if ckpt:
+        ckpt.close()
+    status = "passed" if passed else f"FAILED ({'; '.join(reasons)})"
+    logging.info("%s %s: %d iterations in %.1f s; validation win %s pf %s dd %s sharpe %s; gate %s", symbol, stage,
+                 done, wall, *(_fmt(vmetrics.get(k)) for k in ("win_rate", "profit_factor", "max_drawdown",
+                                                                       "sharpe")), status)
+    return {"record": record, "params": params, "network": runner.network}
+
+
+def network_config(network) -> dict:
+    """The architecture of a policy network as plain JSON (the `.pth` config and the Orbax meta agree)."""
+    from jaxtrade import export
+
+    return export.network_config(network)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The whole sequence
+
+
+def resolve_symbols(cfg: SequenceConfig, out=sys.stdout) -> list[str]:
+    run = cfg.run
+    processed = Path(run.processed_data_dir)
+    wanted = list(run.symbols)
+    have = set(D.list_symbols(processed)) if processed.is_dir() else set()
+    defaults = {"Nifty_2", "Bank_Nifty_5"}
+    if (wanted == ["all"] and not have) or (set(wanted) <= defaults and not set(wanted) <= have):
+        from data_tools.synth import ensure_default_data
+
+        raw = Path(run.raw_data_dir)
+        if not raw.is_dir() or not any(raw.iterdir()) or set(wanted) <= defaults:
+            ensure_default_data(raw, processed, out=out)
+        have = set(D.list_symbols(processed))
+    if wanted == ["all"]:
+        if not have:
+            raise InputError(f"{processed}: no processed symbols (run data_tools.process first)")
+        return sorted(have)
+    missing = [s for s in wanted if s not in have]
+    if missing:
+        raise InputError(f"--symbols: no processed data for {', '.join(missing)} in {processed} "
+                         f"(available: {', '.join(sorted(have)) or 'none'})")
+    return wanted
+
+
+def select_final(records: dict[str, dict], metric: str) -> tuple[str, str]:
+    """The best stage on validation by `metric` (higher is better; null ranks last). Returns (stage, why)."""
+    def value(stage):
+        v = records[stage]["validation"].get(metric)
+        return -math.inf if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+    ranked = sorted(records, key=lambda s: (value(s), list(STAGE_FILES).index(s)), reverse=True)
+    best = ranked[0]
+    parts = [f"{s} {_fmt(records[s]['validation'].get(metric))}" for s in ranked]
+    why = f"highest validation {metric} ({', '.join(parts)})"
+    return best, why
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_json_safe(obj), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
+    """Run the configured stages for every symbol, then the test-split report. Returns the exit code."""
+    from jaxtrade import export
+
+    t_start = time.perf_counter()
+    symbols = resolve_symbols(cfg, out=out)
+    run_dir = Path(cfg.run.checkpoint_dir) / cfg.run.run_name
+    models_dir = run_dir / "models"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    key = jax.random.key(cfg.run.seed)
+    failed_stop: list[str] = []
+    final_models: dict[str, tuple[Any, Any, str]] = {}
+    contexts: dict[str, SymbolContext] = {}
+    stage_models: dict[str, dict[str, tuple[Any, Any]]] = {}
+    for i, symbol in enumerate(symbols):
+        ctx = SymbolContext(cfg, symbol)
+        contexts[symbol] = ctx
+        synthetic = " (SYNTHETIC data)" if ctx.market.synthetic else ""
+        out.write(f"== {symbol}{synthetic}: {ctx.market.num_bars:,} bars, {ctx.market.num_sessions} sessions, "
+                  f"{ctx.market.bar_minutes}-minute; splits {dict(ctx.market.splits)}; lot size "
+                  f"{float(ctx.train_params.lot_size[0]):g}\n")
+        out.flush()
+        summary_path = run_dir / symbol / "summary.json"
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() and not cfg.run.overwrite else {}
+        summary.update({"symbol": symbol, "run": cfg.run.run_name, "synthetic": ctx.market.synthetic,
+                        "config": cfg.to_dict(), "stages": summary.get("stages", {})})
+        prev = None
+        records: dict[str, dict] = {}
+        stage_models[symbol] = {}
+        sym_key = jax.random.fold_in(key, i)
+        for j, stage in enumerate(cfg.run.stages):
+            result = run_stage(cfg, ctx, stage, prev, jax.random.fold_in(sym_key, j))
+            rec = result["record"]
+            records[stage] = rec
+            summary["stages"][stage] = rec
+            stage_models[symbol][stage] = (result["network"], result["params"])
+            if cfg.run.save_stage_models:
+                path = models_dir / f"{symbol}_{STAGE_FILES[stage]}.pth"
+                export.export_pth(path, result["params"], result["network"], symbol=symbol, stage=stage,
+                                  obs_names=list(E.OBS_NAMES), scaler=ctx.market.scaler.to_dict(),
+                                  metrics=rec["validation"], extra={"gate_passed": rec["gate_passed"],
+                                                                    "iterations": rec["iterations"]})
+                rec["model_file"] = str(path)
+            _write_json_atomic(summary_path, summary)
+            prev = result
+            if not rec["gate_passed"] and cfg.progression.on_fail == "stop":
+                failed_stop.append(f"{symbol} {stage}: {'; '.join(rec['gate_failures'])}")
+                break
+            if not cfg.progression.auto_progression and j + 1 < len(cfg.run.stages):
+                out.write(f"{symbol}: auto_progression is off; stopping after {stage}. Run the same command "
+                          f"again to go on to {cfg.run.stages[j + 1]}.\n")
+                break
+        if records and cfg.run.keep_best_models:
+            best, why = select_final(records, cfg.run.final_metric)
+            network, params = stage_models[symbol][best]
+            path = models_dir / f"{symbol}_final_model.pth"
+            export.export_pth(path, params, network, symbol=symbol, stage="final", obs_names=list(E.OBS_NAMES),
+                              scaler=ctx.market.scaler.to_dict(), metrics=records[best]["validation"],
+                              extra={"selected_stage": best, "why": why})
+            summary["final_model"] = {"stage": best, "metric": cfg.run.final_metric, "why": why,
+                                      "file": str(path)}
+            final_models[symbol] = (network, params, best)
+            _write_json_atomic(summary_path, summary)
+            out.write(f"{symbol}: final model = {best} stage ({why}) -> {path}\n")
+    if cfg.run.generate_reports and final_models:
+        report_path = write_report(cfg, contexts, stage_models, final_models, out)
+        out.write(f"report: {report_path}\n")
+    out.write(f"sequence finished in {time.perf_counter() - t_start:.1f} s; models in {models_dir}\n")
+    out.flush()
+    if failed_stop:
+        raise GateFailure("; ".join(failed_stop) + " (on_fail=stop)")
+    return 0
+
+
+def write_report(cfg: SequenceConfig, contexts, stage_models, final_models, out) -> Path:
+    """Backtest the final model (and each stage, and the baselines) on the report split of every symbol."""
+    from jaxtrade import policies, report
+
+    out_dir = Path(cfg.run.output_dir)
+    per_symbol = []
+    for symbol, (network, params, best) in final_models.items():
+        ctx = contexts[symbol]
+        split = cfg.run.report_split
+        main = ctx.backtest(policy_of(network, params, f"final ({best})",
+                                      source=f"{symbol}_final_model.pth ({best})"), split)
+        others = []
+        if cfg.run.compare_stages:
+            for stage, (net, prm) in stage_models[symbol].items():
+                others.append(ctx.backtest(policy_of(net, prm, stage, source=f"{stage}"), split))
+        for name in policies.BASELINES:
+            pol = policies.make_baseline(name, max_lots=cfg.env.max_lots, scaler=ctx.market.scaler)
+            others.append(ctx.backtest(pol, split))
+        report.write_symbol_outputs(main, others, out_dir / symbol)
+        per_symbol.append((main, others))
+    header = [f"run {cfg.run.run_name}; split {cfg.run.report_split}; stages {','.join(cfg.run.stages)}",
+              seed_targets_section(per_symbol)]
+    text = report.render_report(per_symbol, header_lines=header)
+    path = Path(cfg.run.report_file) if cfg.run.report_file else out_dir / f"{cfg.run.run_name}_report.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    out.write(text)
+    return path
+
+
+def seed_targets_section(per_symbol) -> str:
+    """The seed guide's performance targets and which the final model meets on the report split."""
+    lines = ["Seed guide targets (win rate 40-50%, profit factor 1.2-1.8, max drawdown < 25%, Sharpe > 1.0):"]
+    for main, _ in per_symbol:
+        m = main.metrics
+        checks = []
+        wr, pf, dd, sh = (m.get(k) for k in ("win_rate", "profit_factor", "max_drawdown", "sharpe"))
+        checks.append(f"win rate {_fmt(wr)} {'met' if wr is not None and wr >= 0.40 else 'NOT met'}")
+        checks.append(f"profit factor {_fmt(pf)} {'met' if pf is not None and pf >= 1.2 else 'NOT met'}")
+        checks.append(f"max drawdown {_fmt(dd)} {'met' if dd is not None and dd < 0.25 else 'NOT met'}")
+        checks.append(f"Sharpe {_fmt(sh)} {'met' if sh is not None and sh > 1.0 else 'NOT met'}")
+        lines.append(f"  {main.symbol} ({main.split}): " + "; ".join(checks))
+    return "\n".join(lines)
