@@ -85,6 +85,7 @@ class MAMLConfig:
     first_order: bool = False  # stop_gradient on inner gradients (first-order MAML)
     remat: bool = True  # jax.checkpoint on each inner step (memory ~ constant in inner steps)
     inner_grad_clip: float = 1.0  # global-norm clip of each inner gradient (0: none)
+    inner_clip_epsilon: float = 0.0  # ratio clip of the inner surrogate (0: unclipped importance-weighted PG)
     max_grad_norm: float = 0.5  # global-norm clip of the meta-gradient before Adam
     support_num_envs: int = 32
     support_num_steps: int = 128
@@ -227,6 +228,15 @@ def maml_step(meta_params, tasks, inner_loss_fn: Callable, outer_loss_fn: Callab
 # Trading tasks: rollouts to PPO batches
 
 
+def inner_ppo_config(ppo_config: PPOConfig, config: MAMLConfig) -> PPOConfig:
+    """The PPO settings of the inner loss: `inner_clip_epsilon` (0: no ratio or value clipping, so the inner
+    steps are importance-weighted policy-gradient steps that can move the policy as far as the support data
+    says; PPO's clip would cap every action probability at (1 +- clip) x the meta-policy's)."""
+    if config.inner_clip_epsilon > 0:
+        return ppo_config.replace(clip_epsilon=config.inner_clip_epsilon)
+    return ppo_config.replace(clip_epsilon=1e9, clip_value_loss=False)
+
+
 def _flat_batch(traj: R.Transition, adv, targets) -> PPOBatch:
     b = PPOBatch(obs=traj.obs, action=traj.action, log_prob=traj.log_prob, value=traj.value, advantages=adv,
                  targets=targets)
@@ -365,7 +375,7 @@ class MAMLTrainer:
         return state.params
 
     def inner_loss(self, params, task):
-        return ppo_loss(params, self.apply_fn, task["support"], self.ppo_config)[0]
+        return ppo_loss(params, self.apply_fn, task["support"], inner_ppo_config(self.ppo_config, self.config))[0]
 
     def outer_loss(self, adapted, task):
         """PPO loss of `adapted` on the query batch that was collected under the same adapted parameters."""
@@ -551,8 +561,10 @@ def _eval_fn(network, ppo_config: PPOConfig, config: MAMLConfig, steps: int):
     def apply_fn(p, obs):
         return network.apply(p, obs)
 
+    inner_config = inner_ppo_config(ppo_config, config)
+
     def inner_loss(p, batch):
-        return ppo_loss(p, apply_fn, batch, ppo_config)[0]
+        return ppo_loss(p, apply_fn, batch, inner_config)[0]
 
     @jax.jit
     def run(params, env_params, sup_lo, sup_hi, q_lo, q_hi, key):

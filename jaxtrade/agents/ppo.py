@@ -332,6 +332,9 @@ class PPOTrainer:
     def train(self, key: jax.Array, env_params=None) -> tuple[TrainState, dict[str, jax.Array]]:
         env_params = self.env_params if env_params is None else env_params
         rs = self.init_fn(key, None, env_params)
+        # The barrier keeps XLA from fusing initialisation into the first iteration, so that `train(key)`
+        # gives bit-for-bit the result of `run(init(key), n)` (and of the same run in chunks).
+        rs = jax.lax.optimization_barrier(rs)
         rs, metrics = self.run_fn(rs, env_params, self.config.num_iterations)
         return rs.train_state, metrics
 
