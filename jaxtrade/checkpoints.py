@@ -73,8 +73,12 @@ class StageCheckpointer:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
+        """Wait for pending asynchronous saves, then release the manager (safe to call twice)."""
+        if self.manager is None:
+            return
         self.manager.wait_until_finished()
         self.manager.close()
+        self.manager = None
 
 
 def restore_params(directory, step: int | None = None) -> tuple[Any, dict]:

@@ -8,6 +8,7 @@ code 2 and one line for bad flags or bad input.
 
 from __future__ import annotations
 
+import logging as logging_std
 import sys
 import traceback
 from typing import Callable, Iterable, Sequence
@@ -54,6 +55,21 @@ def normalize_argv(argv: Sequence[str], list_flags: Iterable[str] = ()) -> list[
     return out
 
 
+class _QuietLibraries(logging_std.Filter):
+    """Drop INFO/DEBUG records from Orbax and JAX internals: our progress lines stay readable."""
+
+    NOISY = ("orbax", "jax/_src", "etils")
+
+    def filter(self, record: logging_std.LogRecord) -> bool:
+        return record.levelno >= logging_std.WARNING or not any(n in record.pathname for n in self.NOISY)
+
+
+def quiet_library_logs() -> None:
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+        handler.addFilter(_QuietLibraries())
+
+
 def die(message: str, code: int = 2) -> None:
     """Print one line on stderr and exit."""
     sys.stderr.write(f"error: {message}\n")
@@ -74,6 +90,7 @@ def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = No
             die(str(e).splitlines()[0] if str(e) else "bad flags")
 
     def guarded(args):
+        quiet_library_logs()
         if len(args) > 1:
             die(f"unexpected positional arguments: {' '.join(args[1:])}")
         try:

@@ -68,7 +68,9 @@ class EnvConfig:
     lot_size: float = 0.0  # 0: the symbol's current NSE lot size
     dated_lots: bool = False  # trade the lot size in force on each session's date
     max_lots: int = 1
-    initial_capital: float = 100_000.0
+    # Rs 20 lakh: about one lot's contract value (NSE sets it at Rs 15-20 lakh), so one lot is ~1x leverage.
+    # The seed's Rs 1 lakh cannot even margin one NIFTY lot; run_backtest.py keeps it as its default.
+    initial_capital: float = 2_000_000.0
     episode_sessions: int = 1
     allow_overnight: bool = False
     square_off_time: str = ""  # "HH:MM" IST; empty: square off at the session's last bar

@@ -273,85 +273,91 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev: dict | 
 
     runner = STAGE_BUILDERS[stage](cfg, ctx.train_params, prev, k_init, callback)
     ckpt = StageCheckpointer(directory, keep=cfg.run.keep_checkpoints) if cfg.run.save_checkpoints else None
-    rs = runner.trainer.init(k_stage, runner.init_params)
-    target, done, lr_scale, extended, wall = runner.iterations, 0, 1.0, 0, 0.0
-    meta: dict[str, Any] = {}
-    latest = ckpt.latest_step() if ckpt else None
-    if latest is not None:
-        meta = ckpt.restore_meta(latest)
-        lr_scale = float(meta.get("lr_scale", 1.0))
-        if lr_scale != 1.0:
-            runner = dataclasses.replace(runner, trainer=runner.rebuild(lr_scale))
-        rs, meta = ckpt.restore(rs, latest)
-        done, target = int(meta["iteration"]), int(meta["target_iterations"])
-        extended, wall = int(meta.get("extended", 0)), float(meta.get("wall_s", 0.0))
-        if meta.get("complete"):
-            logging.info("%s %s: finished earlier (%d iterations); skipping (--overwrite retrains)", symbol, stage,
-                         done)
+    try:
+        rs = runner.trainer.init(k_stage, runner.init_params)
+        target, done, lr_scale, extended, wall = runner.iterations, 0, 1.0, 0, 0.0
+        meta: dict[str, Any] = {}
+        latest = ckpt.latest_step() if ckpt else None
+        if latest is not None:
+            meta = ckpt.restore_meta(latest)
+            lr_scale = float(meta.get("lr_scale", 1.0))
+            if lr_scale != 1.0:
+                runner = dataclasses.replace(runner, trainer=runner.rebuild(lr_scale))
+            restored, meta = ckpt.restore({"params": runner.params_of(rs), "runner": rs}, latest)
+            rs = restored["runner"]
+            done, target = int(meta["iteration"]), int(meta["target_iterations"])
+            extended, wall = int(meta.get("extended", 0)), float(meta.get("wall_s", 0.0))
+            if meta.get("complete"):
+                logging.info("%s %s: finished earlier (%d iterations); skipping (--overwrite retrains)", symbol, stage,
+                             done)
+                record = dict(meta["record"])
+                record["resumed"] = "skipped (finished earlier)"
+                return {"record": record, "params": runner.params_of(rs), "network": runner.network}
+            logging.info("%s %s: resuming from checkpoint at iteration %d of %d", symbol, stage, done, target)
+        elif not cfg.run.overwrite and jsonl.exists():
+            jsonl.unlink()  # a stale log from a run that never checkpointed
+        logger_box["logger"] = StageLogger(symbol, stage, target, jsonl)
+
+        def save(complete: bool, record: dict | None = None):
+            if ckpt is None:
+                return
+            # The policy parameters are stored beside the whole runner state so that tools that only need the
+            # policy (run_backtest.py --model DIR, experiments.adapt) restore them without a template.
+            ckpt.save(done, {"params": runner.params_of(rs), "runner": rs}, {"iteration": done, "target_iterations": target, "complete": complete,
+                                 "lr_scale": lr_scale, "extended": extended, "wall_s": wall, "stage": stage,
+                                 "symbol": symbol, "network": network_config(runner.network), "record": record})
+
+        while True:
+            while done < target:
+                n = min(cfg.run.checkpoint_every - done % cfg.run.checkpoint_every, target - done)
+                t0 = time.perf_counter()
+                rs, _ = runner.trainer.run(rs, n)
+                jax.block_until_ready(rs)
+                wall += time.perf_counter() - t0
+                done += n
+                if done < target:
+                    save(False)
+            params = runner.params_of(rs)
+            validation = ctx.backtest(policy_of(runner.network, params, f"{stage} (validation)"), cfg.run.eval_split)
+            vmetrics = validation.metrics
+            if stage == "maml":
+                passed, reasons = runner.trainer.gate(ctx, params, cfg)
+            else:
+                passed, reasons = check_gate(vmetrics, gate, done)
+            if passed or prog.on_fail != "extend" or extended >= prog.max_extension_iterations:
+                break
+            chunk = min(prog.extension_chunk, prog.max_extension_iterations - extended)
+            extended += chunk
+            target += chunk
+            logger_box["logger"].total = target
+            if prog.hyperparameter_tuning:
+                lr_scale *= 0.5
+                runner = dataclasses.replace(runner, trainer=runner.rebuild(lr_scale))
+            logging.info("%s %s: gate failed (%s); extending by %d iterations%s", symbol, stage, "; ".join(reasons),
+                         chunk, f" at learning rate x{lr_scale:g}" if prog.hyperparameter_tuning else "")
+            save(False)
+
+        record = {
+            "stage": stage, "iterations": done, "extended_iterations": extended, "wall_s": round(wall, 3),
+            "env_steps": int(done * runner.env_steps_per_iteration), "validation_split": cfg.run.eval_split,
+            "validation": vmetrics, "gate": dataclasses.asdict(gate) if gate is not None else None,
+            "gate_passed": bool(passed), "gate_failures": reasons, "learning_rate_scale": lr_scale,
+            "checkpoint": str(directory),
+        }
+        extra = getattr(runner.trainer, "summary_extras", None)
+        if extra is not None:
+            record.update(extra(ctx, params))
+        save(True, record)
+        status = "passed" if passed else f"FAILED ({'; '.join(reasons)})"
+        logging.info("%s %s: %d iterations in %.1f s; validation win %s pf %s dd %s sharpe %s; gate %s", symbol, stage,
+                     done, wall, *(_fmt(vmetrics.get(k)) for k in ("win_rate", "profit_factor", "max_drawdown",
+                                                                           "sharpe")), status)
+        return {"record": record, "params": params, "network": runner.network}
+    finally:
+        if ckpt is not None:
             ckpt.close()
-            record = dict(meta["record"])
-            record["resumed"] = "skipped (finished earlier)"
-            return {"record": record, "params": runner.params_of(rs), "network": runner.network}
-        logging.info("%s %s: resuming from checkpoint at iteration %d of %d", symbol, stage, done, target)
-    elif not cfg.run.overwrite and jsonl.exists():
-        jsonl.unlink()  # a stale log from a run that never checkpointed
-    logger_box["logger"] = StageLogger(symbol, stage, target, jsonl)
 
-    def save(complete: bool, record: dict | None = None):
-        if ckpt is None:
-            return
-        ckpt.save(done, rs, {"iteration": done, "target_iterations": target, "complete": complete,
-                             "lr_scale": lr_scale, "extended": extended, "wall_s": wall, "stage": stage,
-                             "symbol": symbol, "network": network_config(runner.network), "record": record})
 
-    while True:
-        while done < target:
-            n = min(cfg.run.checkpoint_every - done % cfg.run.checkpoint_every, target - done)
-            t0 = time.perf_counter()
-            rs, _ = runner.trainer.run(rs, n)
-            jax.block_until_ready(rs)
-            wall += time.perf_counter() - t0
-            done += n
-            if done < target:
-                save(False)
-        params = runner.params_of(rs)
-        validation = ctx.backtest(policy_of(runner.network, params, f"{stage} (validation)"), cfg.run.eval_split)
-        vmetrics = validation.metrics
-        if stage == "maml":
-            passed, reasons = runner.trainer.gate(ctx, params, cfg)
-        else:
-            passed, reasons = check_gate(vmetrics, gate, done)
-        if passed or prog.on_fail != "extend" or extended >= prog.max_extension_iterations:
-            break
-        chunk = min(prog.extension_chunk, prog.max_extension_iterations - extended)
-        extended += chunk
-        target += chunk
-        logger_box["logger"].total = target
-        if prog.hyperparameter_tuning:
-            lr_scale *= 0.5
-            runner = dataclasses.replace(runner, trainer=runner.rebuild(lr_scale))
-        logging.info("%s %s: gate failed (%s); extending by %d iterations%s", symbol, stage, "; ".join(reasons),
-                     chunk, f" at learning rate x{lr_scale:g}" if prog.hyperparameter_tuning else "")
-        save(False)
-
-    record = {
-        "stage": stage, "iterations": done, "extended_iterations": extended, "wall_s": round(wall, 3),
-        "env_steps": int(done * runner.env_steps_per_iteration), "validation_split": cfg.run.eval_split,
-        "validation": vmetrics, "gate": dataclasses.asdict(gate) if gate is not None else None,
-        "gate_passed": bool(passed), "gate_failures": reasons, "learning_rate_scale": lr_scale,
-        "checkpoint": str(directory),
-    }
-    extra = getattr(runner.trainer, "summary_extras", None)
-    if extra is not None:
-        record.update(extra(ctx, params))
-    save(True, record)
-    if ckpt:
-        ckpt.close()
-    status = "passed" if passed else f"FAILED ({'; '.join(reasons)})"
-    logging.info("%s %s: %d iterations in %.1f s; validation win %s pf %s dd %s sharpe %s; gate %s", symbol, stage,
-                 done, wall, *(_fmt(vmetrics.get(k)) for k in ("win_rate", "profit_factor", "max_drawdown",
-                                                                       "sharpe")), status)
-    return {"record": record, "params": params, "network": runner.network}
 
 
 def network_config(network) -> dict:

@@ -27,23 +27,35 @@ def torch():
     return pytest.importorskip("torch")
 
 
-def _params(network, seed=0, noise=0.3):
-    """Initialised parameters plus noise, so that every layer (the small actor/gate outputs too) matters."""
-    @jax.jit  # one compilation instead of op-by-op dispatch (much faster on a busy CPU)
-    def make(key):
-        params = network.init(key, jnp.zeros((1, D), jnp.float32))
-        leaves, tree = jax.tree.flatten(params)
-        keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
-        leaves = [x + noise * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
-        return jax.tree.unflatten(tree, leaves)
+_PARAMS: dict = {}
+_APPLY: dict = {}
 
-    return jax.tree.map(np.asarray, make(jax.random.key(seed)))
+
+def _params(network, seed=0, noise=0.3):
+    """Initialised parameters plus noise, so that every layer (the small actor/gate outputs too) matters.
+    Built by one jitted function per network (op-by-op init is slow on a busy CPU) and cached."""
+    key = (repr(network), seed, noise)
+    if key not in _PARAMS:
+        @jax.jit
+        def make(k):
+            params = network.init(k, jnp.zeros((1, D), jnp.float32))
+            leaves, tree = jax.tree.flatten(params)
+            keys = jax.random.split(jax.random.fold_in(k, 1), len(leaves))
+            leaves = [x + noise * jax.random.normal(kk, x.shape, x.dtype) for x, kk in zip(leaves, keys)]
+            return jax.tree.unflatten(tree, leaves)
+
+        _PARAMS[key] = jax.tree.map(np.asarray, make(jax.random.key(seed)))
+    return _PARAMS[key]
 
 
 def _apply(network, params, obs, method=None):
-    """`network.apply` jitted, at the highest matmul precision (pinned for the comparisons with PyTorch)."""
+    """`network.apply` jitted (cached per network), at the highest matmul precision (pinned for the
+    comparisons with PyTorch)."""
+    key = (repr(network), getattr(method, "__name__", None))
+    if key not in _APPLY:
+        _APPLY[key] = jax.jit(lambda p, o: network.apply(p, o, method=method))
     with jax.default_matmul_precision("highest"):
-        return jax.jit(lambda p, o: network.apply(p, o, method=method))(params, jnp.asarray(obs))
+        return _APPLY[key](params, jnp.asarray(obs))
 
 
 def _obs(n=256, seed=0):
@@ -218,7 +230,7 @@ def test_round_trip_params(tmp_path, torch, which):
     # and the rebuilt network gives the same outputs (it is trainable: gradients flow)
     obs = jnp.asarray(_obs(8))
     np.testing.assert_array_equal(np.asarray(_apply(net2, params2, obs)[0]), np.asarray(_apply(net, params, obs)[0]))
-    g = jax.grad(lambda p: net2.apply(p, obs)[1].sum())(params2)
+    g = jax.jit(jax.grad(lambda p: net2.apply(p, obs)[1].sum()))(params2)
     assert jax.tree.structure(g) == jax.tree.structure(params2)
     # state dict <-> params without files
     assert _tree_equal(X.params_from_state_dict(X.state_dict_from_params(params, net)), params)

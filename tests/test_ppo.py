@@ -15,7 +15,7 @@ from jaxtrade.data import load_market
 from jaxtrade.networks import ActorCritic
 from tests.market_fixtures import random_walk_market
 
-TINY = ppo.PPOConfig(num_envs=8, num_steps=16, minibatch_size=32, update_epochs=2, num_iterations=3,
+TINY = ppo.PPOConfig(num_envs=8, num_steps=16, minibatch_size=32, update_epochs=2, num_iterations=4,
                      learning_rate=1e-3, log_every=0)
 
 
@@ -149,46 +149,56 @@ def test_config_validation():
 # Training on the trading env
 
 
-def test_train_runs_vmap_over_seeds_and_is_deterministic(env_params):
-    train = jax.jit(ppo.make_train(TINY, env_params, callback=None))
-    s0, m0 = train(jax.random.key(0))
-    s0b, m0b = train(jax.random.key(0))
+@pytest.fixture(scope="module")
+def trainer(env_params):
+    return ppo.make_trainer(TINY, env_params, callback=None)
+
+
+@pytest.fixture(scope="module")
+def train_jit(trainer):
+    return jax.jit(trainer.train)
+
+
+def test_train_runs_vmap_over_seeds_and_is_deterministic(env_params, train_jit):
+    s0, m0 = train_jit(jax.random.key(0), env_params)
+    s0b, m0b = train_jit(jax.random.key(0), env_params)
     _tree_equal(s0.params, s0b.params)  # same seed, same params
     _tree_equal(m0, m0b)
-    s1, _ = train(jax.random.key(1))
+    s1, _ = train_jit(jax.random.key(1), env_params)
     assert not np.allclose(np.asarray(s0.params["params"]["actor_0"]["kernel"]),
                            np.asarray(s1.params["params"]["actor_0"]["kernel"]))
-    # vmap over 2 seeds = two single runs
-    sv, mv = jax.jit(jax.vmap(ppo.make_train(TINY, env_params, callback=None)))(
-        jnp.stack([jax.random.key(0), jax.random.key(1)]))
+    # vmap over 2 seeds = two single runs (batched matmuls may round differently: allclose)
+    train = ppo.make_train(TINY, env_params, callback=None)
+    sv, mv = jax.jit(jax.vmap(train, in_axes=(0, None)))(jnp.stack([jax.random.key(0), jax.random.key(1)]),
+                                                         env_params)
     for i, single in enumerate((s0, s1)):
         for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(sv.params)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b)[i], rtol=2e-4, atol=2e-6)
     np.testing.assert_allclose(np.asarray(mv["value_loss"][0]), np.asarray(m0["value_loss"]), rtol=1e-3)
-    assert m0["iteration"].tolist() == [1, 2, 3]
-    assert m0["env_steps"].tolist() == [128, 256, 384]
+    assert m0["iteration"].tolist() == [1, 2, 3, 4]
+    assert m0["env_steps"].tolist() == [128, 256, 384, 512]
 
 
-def test_chunked_run_equals_whole_run(env_params):
-    trainer = ppo.make_trainer(TINY.replace(num_iterations=5), env_params, callback=None)
-    whole_state, whole_metrics = jax.jit(trainer.train)(jax.random.key(7))
+def test_chunked_run_equals_whole_run(env_params, trainer, train_jit):
+    # env_params as an argument (not a closed-over constant, which XLA may fold differently)
+    whole_state, whole_metrics = train_jit(jax.random.key(7), env_params)
     rs = trainer.init(jax.random.key(7))
     rs, m1 = trainer.run(rs, 2)
-    rs, m2 = trainer.run(rs, 3)
+    rs, m2 = trainer.run(rs, 2)  # same chunk length: no recompilation
     _tree_equal(rs.train_state.params, whole_state.params)
     _tree_equal(rs.train_state.opt_state, whole_state.opt_state)
     for k in whole_metrics:
         np.testing.assert_array_equal(np.concatenate([m1[k], m2[k]]), np.asarray(whole_metrics[k]), err_msg=k)
-    assert int(rs.iteration) == 5
+    assert int(rs.iteration) == 4
+    assert trainer._run_jit._cache_size() == 1
 
 
-def test_init_from_given_params(env_params):
-    trainer = ppo.make_trainer(TINY, env_params, callback=None)
+def test_init_from_given_params(trainer):
     params = trainer.init_params(jax.random.key(3))
     params = jax.tree.map(lambda x: x + 0.5, params)
     rs = trainer.init(jax.random.key(0), params)
     _tree_equal(rs.train_state.params, params)
-    rs, m = trainer.run(rs, 1)
+    rs, m = trainer.run(rs, 2)
     assert np.isfinite(np.asarray(m["total_loss"])).all()
 
 

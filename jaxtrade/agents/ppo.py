@@ -348,5 +348,10 @@ def make_trainer(config: PPOConfig, env_params, network: nn.Module | None = None
 def make_train(config: PPOConfig, env_params, network: nn.Module | None = None, **kwargs
                ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """`train(key, env_params=None) -> (train_state, metrics)`: pure, one `jit`, `vmap`-able over seeds (and
-    over stacked env params). Same kwargs as `make_trainer`."""
+    over stacked env params). Same kwargs as `make_trainer`.
+
+    Pass `env_params` as an argument for large markets: `jax.jit(train)(key, env_params)`, or over seeds
+    `jax.jit(jax.vmap(train, in_axes=(0, None)))(keys, env_params)`. A closed-over market is embedded in the
+    compiled program as a constant: slower to compile, and XLA may fold it into float rounding slightly
+    different from `trainer.run`'s."""
     return make_trainer(config, env_params, network, **kwargs).train

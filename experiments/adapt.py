@@ -1,0 +1,179 @@
+"""Adapt a trained model to a symbol (possibly never trained on) or to recent data with MAML's inner loop.
+
+    python -m experiments.adapt --model M --symbol S --processed_data_dir P [--output_dir O] [--steps N]
+
+`--model`: a jaxtrade `.pth` file or an Orbax stage directory (`checkpoints/{run}/{symbol}/{stage}`, its latest
+step; its meta's "network" entry rebuilds the network). Support data: the symbol's most recent
+`--support_sessions` sessions of the training split (0: the whole training split), i.e. the sessions just
+before validation. `--steps` inner SGD steps (default: MAMLConfig.inner_loop_steps) on the PPO-style inner loss
+of support rollouts collected once with the given model (the same `jaxtrade.agents.maml.adapt` as training).
+Writes an Orbax checkpoint (`{output_dir}/orbax`, meta with "network") and `{output_dir}/{symbol}_adapted.pth`
+(default output directory `checkpoints/adapted/{symbol}`), and prints the validation-split backtest metrics
+(float64 money) before and after adaptation side by side.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from absl import flags
+
+from jaxtrade import cli
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "a jaxtrade .pth file or an Orbax stage directory")
+flags.DEFINE_string("symbol", None, "symbol to adapt to (its processed Parquet file)")
+flags.DEFINE_string("processed_data_dir", "data/processed", "processed Parquet directory")
+flags.DEFINE_string("output_dir", None, "output directory (default checkpoints/adapted/{symbol})")
+flags.DEFINE_integer("steps", None, "inner adaptation steps (default: MAMLConfig.inner_loop_steps)")
+flags.DEFINE_float("inner_learning_rate", None, "inner SGD step size (default: MAMLConfig's)")
+flags.DEFINE_integer("support_sessions", 20, "most recent training sessions used as support data (0: all)")
+flags.DEFINE_integer("support_num_envs", 64, "parallel support episodes")
+flags.DEFINE_integer("support_num_steps", 256, "support rollout length (steps per env)")
+flags.DEFINE_string("split", "val", "split the before/after backtest runs on")
+flags.DEFINE_string("cost_model", "nse_futures", "cost model: zero | bps | nse_futures | nse_options")
+flags.DEFINE_float("slippage_ticks", 1.0, "slippage in ticks per order")
+flags.DEFINE_float("lot_size", 0.0, "units per lot (0: the symbol's NSE lot)")
+flags.DEFINE_integer("max_lots", 1, "maximum lots (must match the model's action count)")
+flags.DEFINE_float("initial_capital", 100_000.0, "initial capital in rupees")
+flags.DEFINE_integer("episode_sessions", 1, "sessions per support episode")
+flags.DEFINE_integer("seed", 0, "random seed of the support rollouts")
+flags.DEFINE_list("split_fractions", ["0.70", "0.15", "0.15"], "train,val,test fractions")
+
+
+def load_model(path):
+    """(flax variables, flax module, meta/config dict) of a .pth file or an Orbax stage directory."""
+    from jaxtrade import export
+    from jaxtrade.checkpoints import restore_params
+    from jaxtrade.errors import InputError
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"--model: {p}: not found")
+    if p.is_dir():
+        params, meta = restore_params(p)
+        if not isinstance(meta.get("network"), dict):
+            raise InputError(f"--model: {p}: checkpoint meta has no 'network' entry (the network config)")
+        network = export.network_from_config(meta["network"])
+        if not (isinstance(params, dict) and set(params) == {"params"}):
+            params = {"params": params}
+        return params, network, meta
+    if p.suffix != ".pth":
+        raise InputError(f"--model: {p}: neither a .pth file nor an Orbax stage directory")
+    return export.params_from_pth(p)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def main(argv) -> int:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxtrade import backtest as B, data as D, env as E, export
+    from jaxtrade.agents import maml
+    from jaxtrade.agents.ppo import PPOConfig
+    from jaxtrade.checkpoints import StageCheckpointer
+    from jaxtrade.costs import cost_model
+    from jaxtrade.errors import InputError
+    from jaxtrade.policies import policy_from_logits
+
+    if not FLAGS.model or not FLAGS.symbol:
+        raise InputError("--model and --symbol are required")
+    try:
+        fractions = tuple(float(x) for x in FLAGS.split_fractions)
+    except ValueError:
+        raise InputError(f"--split_fractions: expected numbers, got {FLAGS.split_fractions}") from None
+    cfg = maml.MAMLConfig()
+    steps = cfg.inner_loop_steps if FLAGS.steps is None else FLAGS.steps
+    if steps < 0:
+        raise InputError(f"--steps must be >= 0, got {steps}")
+    lr = cfg.inner_learning_rate if FLAGS.inner_learning_rate is None else FLAGS.inner_learning_rate
+    cfg = cfg.replace(inner_loop_steps=steps, inner_learning_rate=lr, support_num_envs=FLAGS.support_num_envs,
+                      support_num_steps=FLAGS.support_num_steps)
+    params, network, model_meta = load_model(FLAGS.model)
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+
+    market = D.load_market(FLAGS.processed_data_dir, FLAGS.symbol, split_fractions=fractions)
+    export.check_observation(model_meta, list(E.OBS_NAMES), f"--model {FLAGS.model}")
+    lo, hi = market.splits["train"]
+    costs = cost_model(FLAGS.cost_model, as_of=market.session_dates[lo].astype(object)).params
+    env_params = E.make_params(market, "train", cost_params=costs, lot_size=FLAGS.lot_size or None,
+                               slippage_ticks=FLAGS.slippage_ticks, max_lots=FLAGS.max_lots,
+                               initial_capital=FLAGS.initial_capital, episode_sessions=FLAGS.episode_sessions)
+    n_actions = int(network.num_actions)
+    if n_actions != env_params.num_actions:
+        raise InputError(f"--max_lots={FLAGS.max_lots} gives {env_params.num_actions} actions but the model has "
+                         f"{n_actions}")
+    sup_lo = lo if FLAGS.support_sessions <= 0 else max(lo, hi - FLAGS.support_sessions)
+    if hi - sup_lo < FLAGS.episode_sessions:
+        raise InputError(f"{FLAGS.symbol}: the support range has {hi - sup_lo} sessions, fewer than "
+                         f"--episode_sessions={FLAGS.episode_sessions}")
+    support_params = maml.with_range(env_params, sup_lo, hi)
+    ppo_config = PPOConfig()
+    inner_config = maml.inner_ppo_config(ppo_config, cfg)
+
+    def apply_fn(p, obs):
+        return network.apply(p, obs)
+
+    @jax.jit
+    def run_adapt(p, key):
+        batch, traj = maml.collect_batch(apply_fn, p, support_params, key, cfg.support_num_envs,
+                                         cfg.support_num_steps, ppo_config)
+        adapted, losses = maml.adapt(p, batch, lambda q, b: maml.ppo_loss(q, apply_fn, b, inner_config)[0],
+                                     cfg.inner_learning_rate, cfg.inner_loop_steps, remat=False,
+                                     inner_grad_clip=cfg.inner_grad_clip or None)
+        return adapted, losses, maml.window_return(traj)
+
+    adapted, losses, support_return = run_adapt(params, jax.random.key(FLAGS.seed))
+    losses = np.asarray(losses)
+
+    out_dir = Path(FLAGS.output_dir or f"checkpoints/adapted/{FLAGS.symbol}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    net_cfg = export.network_config(network, obs_dim=len(E.OBS_NAMES))
+    with jax.enable_x64(True):
+        market64 = D.load_market(FLAGS.processed_data_dir, FLAGS.symbol, split_fractions=fractions,
+                                 price_dtype=jnp.float64)
+        bt_cfg = B.BacktestConfig(split=FLAGS.split, cost_model=FLAGS.cost_model, slippage_ticks=FLAGS.slippage_ticks,
+                                  lot_size=FLAGS.lot_size or None, max_lots=FLAGS.max_lots,
+                                  initial_capital=FLAGS.initial_capital, seed=FLAGS.seed)
+        results = {}
+        for name, p in (("before", params), ("after", adapted)):
+            pol = policy_from_logits(network.apply, jax.tree.map(jnp.asarray, p), f"{name} adaptation",
+                                     source=str(FLAGS.model))
+            results[name] = B.backtest(market64, pol, bt_cfg).metrics
+    record = {"source_model": str(FLAGS.model), "symbol": FLAGS.symbol, "steps": steps, "inner_learning_rate": lr,
+              "support_sessions": [int(sup_lo), int(hi)], "support_return": float(support_return),
+              "inner_losses": [float(x) for x in losses], "split": FLAGS.split,
+              "before": results["before"], "after": results["after"]}
+    ckpt = StageCheckpointer(out_dir / "orbax", keep=1)
+    ckpt.save(steps, {"params": adapted},
+              {"stage": "adapted", "symbol": FLAGS.symbol, "network": net_cfg, "iteration": steps,
+               "complete": True, "record": maml._json_safe(record)})
+    ckpt.close()
+    pth = export.export_pth(out_dir / f"{FLAGS.symbol}_adapted.pth", adapted, network, symbol=FLAGS.symbol,
+                            stage="adapted", obs_names=list(E.OBS_NAMES), scaler=market.scaler.to_dict(),
+                            metrics=results["after"], extra={k: v for k, v in maml._json_safe(record).items()
+                                                              if k not in ("before", "after")})
+    print(f"adapted {FLAGS.model} to {FLAGS.symbol}: {steps} inner steps (lr {lr:g}) on support sessions "
+          f"[{sup_lo}, {hi}) of the training split ({cfg.support_num_envs} x {cfg.support_num_steps} steps); "
+          f"inner loss {losses[0] if len(losses) else float('nan'):.4f} -> "
+          f"{losses[-1] if len(losses) else float('nan'):.4f}")
+    keys = [k for k in results["before"] if isinstance(results["before"][k], (int, float, type(None)))]
+    print(f"{FLAGS.split} split ({FLAGS.symbol}):")
+    print(f"  {'metric':<16} {'before':>12} {'after':>12}")
+    for k in keys:
+        print(f"  {k:<16} {_fmt(results['before'][k]):>12} {_fmt(results['after'][k]):>12}")
+    print(f"checkpoint: {out_dir / 'orbax'}\nmodel: {pth}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main, sys.argv)

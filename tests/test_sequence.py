@@ -1,0 +1,196 @@
+"""The sequence runner: seed YAML and flags, gates and progression rules, resume, final-model selection."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxtrade import config as C
+from jaxtrade import sequence as S
+from jaxtrade.errors import GateFailure, InputError
+from tests.market_fixtures import random_walk_market
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(tmp_path, **overrides):
+    cfg = C.default_config()
+    base = {"symbols": ("NIFTY_5",), "processed_data_dir": str(tmp_path / "processed"),
+            "checkpoint_dir": str(tmp_path / "ck"), "output_dir": str(tmp_path / "reports"), "run_name": "t",
+            "stages": ("ppo",), "checkpoint_every": 2, "log_every": 1,
+            "ppo.num_iterations": 4, "ppo.num_envs": 8, "ppo.num_steps": 16, "ppo.minibatch_size": 64,
+            "ppo.update_epochs": 1, "ppo_gate.min_iterations": 0, "progression.on_fail": "continue"}
+    base.update(overrides)
+    return C.apply_overrides(cfg, base)
+
+
+@pytest.fixture
+def market_dir(tmp_path):
+    random_walk_market(tmp_path / "processed", "NIFTY_5", num_sessions=24, bars_per_session=20)
+    return tmp_path
+
+
+def test_seed_yaml_maps_onto_config():
+    cfg = C.from_seed_yaml(ROOT / "config" / "training_sequence.yaml")
+    assert cfg.ppo.num_iterations == 500 and cfg.moe.num_iterations == 800 and cfg.maml.num_iterations == 150
+    assert cfg.ppo.learning_rate == 1e-4 and cfg.ppo.minibatch_size == 128 and cfg.ppo.gamma == 0.995
+    assert cfg.ppo.gae_lambda == 0.95 and cfg.ppo.clip_epsilon == 0.15 and cfg.ppo.update_epochs == 6
+    assert cfg.moe.num_experts == 4 and cfg.moe.expert_hidden_dim == 128 and cfg.moe.diversity_loss_weight == 0.02
+    assert cfg.moe.gating_temperature == 0.8 and cfg.moe.gating_hidden_dim == 64
+    assert cfg.maml.inner_loop_steps == 7 and cfg.maml.meta_batch_size == 2 and cfg.maml.meta_learning_rate == 5e-4
+    assert cfg.ppo_gate == C.GateConfig(0.35, 0.8, 0.40, 50)
+    assert cfg.moe_gate == C.GateConfig(0.40, 1.0, 0.35, 100)
+    assert cfg.progression.on_fail == "extend" and cfg.progression.max_extension_iterations == 200
+    assert cfg.run.checkpoint_every == 50
+    # The YAML equals the defaults (and experiments/nifty.flags).
+    assert cfg.to_dict() == C.default_config().to_dict()
+
+
+def test_seed_yaml_errors(tmp_path):
+    bad = tmp_path / "c.yaml"
+    bad.write_text("training_params:\n  ppo:\n    learning_rat: 0.1\n")
+    with pytest.raises(InputError, match=r"training_params\.ppo\.learning_rat: unknown key"):
+        C.from_seed_yaml(bad)
+    bad.write_text("training_params:\n  ppo:\n    k_epochs: six\n")
+    with pytest.raises(InputError, match=r"training_params\.ppo\.k_epochs: expected an int, got str"):
+        C.from_seed_yaml(bad)
+    bad.write_text("training_sequence:\n  stage_1_ppo:\n    episodes: 12.5\n")
+    with pytest.raises(InputError, match=r"episodes: expected an int"):
+        C.from_seed_yaml(bad)
+    bad.write_text("progression_rules:\n  fallback_strategies:\n    extend_training: false\n"
+                   "  advancement_criteria:\n    stage_1_to_2:\n      min_win_rate: 0.5\n")
+    cfg = C.from_seed_yaml(bad)
+    assert cfg.progression.on_fail == "continue"
+    assert cfg.ppo_gate.min_win_rate == 0.5  # the stricter of success and advancement criteria
+
+
+def test_flags_override_yaml_and_nifty_flags_equal_defaults(tmp_path):
+    code = (
+        "import sys; from absl import flags; from experiments import sequence as s; s.define_flags();"
+        "flags.FLAGS(sys.argv); import json;"
+        "print(json.dumps(s.config_from_flags().to_dict()))")
+    out = subprocess.run([sys.executable, "-c", code, f"--config={ROOT / 'config' / 'training_sequence.yaml'}",
+                          "--ppo.learning_rate=0.0003", "--seed=7"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    assert d["ppo"]["learning_rate"] == 0.0003 and d["run"]["seed"] == 7 and d["ppo"]["num_iterations"] == 500
+    out = subprocess.run([sys.executable, "-c", code, f"--flagfile={ROOT / 'experiments' / 'nifty.flags'}"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    expected = C.default_config().to_dict()
+    expected["run"]["run_name"] = "nifty"
+    assert d == expected
+
+
+def test_check_gate_cases():
+    gate = C.GateConfig(min_win_rate=0.4, min_profit_factor=1.0, max_drawdown=0.3, min_iterations=10)
+    ok = {"win_rate": 0.45, "profit_factor": 1.2, "max_drawdown": 0.1, "num_trades": 20}
+    assert S.check_gate(ok, gate, 10) == (True, [])
+    passed, reasons = S.check_gate({**ok, "win_rate": 0.3, "max_drawdown": 0.5}, gate, 5)
+    assert not passed and len(reasons) == 3
+    assert S.check_gate({**ok, "profit_factor": None}, gate, 10)[0]  # winners only: unbounded
+    assert not S.check_gate({**ok, "num_trades": 0, "win_rate": None, "profit_factor": None}, gate, 10)[0]
+
+
+def test_select_final():
+    recs = {"ppo": {"validation": {"sharpe": 0.5}}, "moe": {"validation": {"sharpe": 1.5}},
+            "maml": {"validation": {"sharpe": None}}}
+    best, why = S.select_final(recs, "sharpe")
+    assert best == "moe" and "moe 1.500" in why and why.index("moe") < why.index("ppo")
+
+
+def _params_of_run(ck: Path, stage="ppo"):
+    from jaxtrade.checkpoints import restore_params
+    params, meta = restore_params(ck / "t" / "NIFTY_5" / stage)
+    return params, meta
+
+
+def test_resume_equals_uninterrupted(market_dir, monkeypatch):
+    tmp = market_dir
+    cfg_a = tiny_config(tmp, checkpoint_dir=str(tmp / "a"), generate_reports=False)
+    S.run_sequence(cfg_a, out=open("/dev/null", "w"))
+    pa, meta_a = _params_of_run(tmp / "a")
+    assert meta_a["complete"] and meta_a["iteration"] == 4
+
+    # Interrupt the second run after its first chunk (2 iterations, checkpointed).
+    cfg_b = tiny_config(tmp, checkpoint_dir=str(tmp / "b"), generate_reports=False)
+    real_builder = S.STAGE_BUILDERS["ppo"]
+    calls = {"n": 0}
+
+    def interrupting_builder(*args, **kwargs):
+        runner = real_builder(*args, **kwargs)
+        real_run = runner.trainer.run
+
+        def run(rs, n):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt
+            return real_run(rs, n)
+
+        runner.trainer.run = run
+        return runner
+
+    monkeypatch.setitem(S.STAGE_BUILDERS, "ppo", interrupting_builder)
+    with pytest.raises(KeyboardInterrupt):
+        S.run_sequence(cfg_b, out=open("/dev/null", "w"))
+    monkeypatch.setitem(S.STAGE_BUILDERS, "ppo", real_builder)
+    from jaxtrade.checkpoints import StageCheckpointer
+    assert StageCheckpointer(tmp / "b" / "t" / "NIFTY_5" / "ppo").latest_step() == 2
+    S.run_sequence(cfg_b, out=open("/dev/null", "w"))
+    pb, meta_b = _params_of_run(tmp / "b")
+    assert meta_b["iteration"] == 4
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+        np.testing.assert_array_equal(x, y)
+    # A third run skips the finished stage.
+    S.run_sequence(cfg_b, out=open("/dev/null", "w"))
+    summary = json.loads((tmp / "b" / "t" / "NIFTY_5" / "summary.json").read_text())
+    assert summary["stages"]["ppo"]["resumed"].startswith("skipped")
+    lines = (tmp / "b" / "t" / "NIFTY_5" / "ppo" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["iteration"] for l in lines] == [1, 2, 3, 4]
+
+
+def test_progression_rules(market_dir):
+    tmp = market_dir
+    impossible = {"ppo_gate.min_win_rate": 1.01}
+    # extend: two extension chunks of 2 iterations, then give up and go on.
+    cfg = tiny_config(tmp, **impossible, **{"progression.on_fail": "extend", "progression.extension_chunk": 2,
+                                            "progression.max_extension_iterations": 4, "generate_reports": False})
+    S.run_sequence(cfg, out=open("/dev/null", "w"))
+    rec = json.loads((tmp / "ck" / "t" / "NIFTY_5" / "summary.json").read_text())["stages"]["ppo"]
+    assert rec["iterations"] == 8 and rec["extended_iterations"] == 4 and not rec["gate_passed"]
+    assert rec["learning_rate_scale"] == 0.25
+    # stop: a failed gate ends the run with GateFailure (exit code 1 in the CLI).
+    cfg = tiny_config(tmp, **impossible, **{"progression.on_fail": "stop", "run_name": "s", "generate_reports": False})
+    with pytest.raises(GateFailure, match="win_rate"):
+        S.run_sequence(cfg, out=open("/dev/null", "w"))
+
+
+def test_sequence_writes_models_summary_and_report(market_dir):
+    tmp = market_dir
+    cfg = tiny_config(tmp)
+    S.run_sequence(cfg, out=open("/dev/null", "w"))
+    models = tmp / "ck" / "t" / "models"
+    assert (models / "NIFTY_5_ppo_stage1.pth").exists() and (models / "NIFTY_5_final_model.pth").exists()
+    summary = json.loads((tmp / "ck" / "t" / "NIFTY_5" / "summary.json").read_text())
+    rec = summary["stages"]["ppo"]
+    for key in ("iterations", "wall_s", "env_steps", "validation", "gate_passed"):
+        assert key in rec
+    assert rec["env_steps"] == 4 * 8 * 16
+    assert summary["final_model"]["stage"] == "ppo"
+    report = (tmp / "reports" / "t_report.txt").read_text()
+    assert "NIFTY_5" in report and "Seed guide targets" in report
+    assert (tmp / "reports" / "NIFTY_5" / "equity.parquet").exists()
+
+
+def test_cli_bad_flags_exit_2(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "run_training.py"), "--ppo.learning_rat=1"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    out = subprocess.run([sys.executable, str(ROOT / "run_training.py"), "--symbols", "NOPE",
+                          f"--processed-data-dir={tmp_path}"], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2 and "NOPE" in out.stderr and len(out.stderr.strip().splitlines()) == 1
