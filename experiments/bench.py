@@ -2,6 +2,7 @@
 
     python -m experiments.bench env [...]
     python -m experiments.bench ppo [--processed_data_dir DIR --symbol SYMBOL] [--repeats 3] [--configs default,throughput]
+    python -m experiments.bench maml [--processed_data_dir DIR --symbol SYMBOL] [--repeats 3] [--iterations 3]
 
 `ppo`: end-to-end PPO training throughput (rollout + GAE + update), env steps per second, the median of
 `--repeats` timed runs of `--iterations` iterations each, compile time reported separately. Without
@@ -29,7 +30,7 @@ flags.DEFINE_list("configs", ["default", "throughput"], "ppo bench configs to ru
 flags.DEFINE_integer("iterations", 0, "iterations per timed run (0: per-config default)")
 flags.DEFINE_integer("num_envs", 0, "override num_envs of every config (0: keep)")
 
-COMMANDS = ("env", "ppo")
+COMMANDS = ("env", "ppo", "maml")
 
 
 def bench_env(argv) -> None:
@@ -73,7 +74,7 @@ def _ppo_configs():
         # The seed's hyperparameters (minibatch 128, 6 epochs) with the default 256 x 128 rollout.
         "default": (PPOConfig(log_every=0), 3),
         # Same network, 4 epochs, larger rollout and minibatches: the throughput bar's config.
-        "throughput": (PPOConfig(num_envs=2048, num_steps=64, minibatch_size=16384, update_epochs=4,
+        "throughput": (PPOConfig(num_envs=2048, num_steps=64, minibatch_size=4096, update_epochs=4,
                                  log_every=0), 10),
     }
 
@@ -128,13 +129,71 @@ def bench_ppo(argv) -> None:
                 "jax": jax.__version__}), flush=True)
 
 
+def bench_maml(argv) -> None:
+    """MAML meta-iterations per second, second- vs first-order, default MAMLConfig and MoE network, with the
+    compiled program's temp memory (XLA memory analysis) and the process's peak RSS after each."""
+    import resource
+
+    import jax
+
+    from jaxtrade import env as trading_env
+    from jaxtrade.agents import maml
+    from jaxtrade.agents.ppo import PPOConfig
+    from jaxtrade.data import list_symbols, load_market
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if FLAGS.processed_data_dir:
+            symbol = FLAGS.symbol or (list_symbols(FLAGS.processed_data_dir) or [None])[0]
+            if symbol is None:
+                raise cli.InputError(f"{FLAGS.processed_data_dir}: no processed symbols")
+            market = load_market(FLAGS.processed_data_dir, symbol)
+        else:
+            symbol = _synthetic_market_dir(tmp)
+            market = load_market(tmp, symbol)
+        env_params = trading_env.make_params(market, "train")
+        device = jax.devices()[0]
+        iters = FLAGS.iterations or 3
+        for first_order in (True, False):
+            config = maml.MAMLConfig(first_order=first_order, log_every=0)
+            trainer = maml.make_trainer(config, PPOConfig(), env_params, callback=None)
+            state = jax.block_until_ready(trainer.init(jax.random.key(0)))
+            t0 = time.perf_counter()
+            compiled = trainer._iteration_jit.lower(state, env_params, False).compile()
+            compile_s = time.perf_counter() - t0
+            try:
+                temp_mb = compiled.memory_analysis().temp_size_in_bytes / 2**20
+            except Exception:  # noqa: BLE001 - not every backend reports it
+                temp_mb = None
+            state, _ = jax.block_until_ready(compiled(state, env_params, False))  # warm-up
+            times = []
+            for _ in range(max(FLAGS.repeats, 1)):
+                t0 = time.perf_counter()
+                for _ in range(iters):
+                    state, _ = compiled(state, env_params, False)
+                jax.block_until_ready(state)
+                times.append(time.perf_counter() - t0)
+            med = statistics.median(times)
+            print(json.dumps({
+                "bench": "maml", "order": "first" if first_order else "second", "remat": config.remat,
+                "inner_loop_steps": config.inner_loop_steps, "meta_batch_size": config.meta_batch_size,
+                "support": [config.support_num_envs, config.support_num_steps],
+                "query": [config.query_num_envs, config.query_num_steps], "iterations": iters,
+                "meta_iterations_per_s": round(iters / med, 3),
+                "steps_per_s": round(iters * trainer.env_steps_per_iteration / med, 1),
+                "compile_s": round(compile_s, 3), "xla_temp_mb": None if temp_mb is None else round(temp_mb, 1),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "run_s": [round(t, 4) for t in times], "symbol": symbol, "synthetic": market.synthetic,
+                "device": f"{device.platform}:{device.device_kind}", "host": platform.machine(),
+                "jax": jax.__version__}), flush=True)
+
+
 def main(argv) -> None:
     if len(argv) < 2 or argv[1] not in COMMANDS:
         cli.die(f"usage: python -m experiments.bench {{{'|'.join(COMMANDS)}}} [flags]")
     if len(argv) > 2:
         cli.die(f"unexpected positional arguments: {' '.join(argv[2:])}")
     try:
-        {"env": bench_env, "ppo": bench_ppo}[argv[1]](argv)
+        {"env": bench_env, "ppo": bench_ppo, "maml": bench_maml}[argv[1]](argv)
     except cli.InputError as e:
         cli.die(str(e))
 

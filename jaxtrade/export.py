@@ -14,9 +14,11 @@ Everything in `config` is plain Python (str, int, float, bool, None, list, dict 
 
 State-dict names mirror the Flax parameter names, one `nn.Linear` per `nn.Dense`: `actor_0.weight`,
 `actor_0.bias`, ..., `actor_out.weight`, `critic_0.weight`, ..., `critic_out.bias`; `weight` is the Flax
-`kernel` transposed (`[out, in]`). For the mixture of experts the expert parameters (stacked on a leading
-expert axis in Flax) are unstacked into one sub-module per expert, `experts.{e}.actor_0.weight`, ..., and the
-gating MLP's layers keep their Flax names under `gate.` (`gate.{layer}.weight`); see `_moe_layout`.
+`kernel` transposed (`[out, in]`). The mixture of experts keeps the gating MLP's Flax names (`gate_0.weight`,
+`gate_0.bias`, `gate_out.weight`, `gate_out.bias`) and unstacks the experts (stacked on a leading expert axis
+in Flax, `experts/actor_0/kernel [E, in, out]`) into one sub-module per expert: `experts.{e}.actor_0.weight`,
+..., `experts.{e}.critic_out.bias`. The rule in one line: Flax path joined by ".", `experts` index inserted.
+All tensors are float32.
 
 Entry points:
     export_pth(path, params, network, *, symbol, stage, obs_names, scaler=None, metrics=None, extra=None)
@@ -32,7 +34,6 @@ PyTorch is imported lazily: `jaxtrade` (and this module) import without it.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -121,12 +122,15 @@ def _module_fields(network) -> dict:
 def network_config(network, obs_dim: int | None = None) -> dict:
     """The network's constructor arguments as plain Python, plus `architecture` (and `obs_dim` when given).
 
-    Keys (also what the Orbax stage meta must hold under "network"):
-      actor_critic:      architecture="actor_critic", num_actions, hidden_sizes (list of int), activation,
-                         obs_dim (optional: checked against the parameters when present)
+    Keys (also what the Orbax stage meta must hold under "network"; write it with this function):
+      actor_critic:      architecture="actor_critic", num_actions (int), hidden_sizes (list of int),
+                         activation (str), obs_dim (int)
       moe_actor_critic:  architecture="moe_actor_critic", num_actions, num_experts, expert_hidden_dim,
-                         gating_hidden_dim, gating_temperature, plus any other MoEActorCritic field
-                         (e.g. hidden_sizes, activation), obs_dim (optional)
+                         gating_hidden_dim (int), gating_temperature (float), activation (str),
+                         expert_num_layers (int), obs_dim (int)
+    i.e. every constructor field of the module. `obs_dim` is optional for `network_from_config` (it is inferred
+    from the parameters) but should be written; missing fields take the module's defaults; unknown ones are an
+    error.
     """
     cfg = {"architecture": _architecture_of(network)}
     cfg.update(_plain(_module_fields(network), "network"))
@@ -257,7 +261,7 @@ def params_from_state_dict(state_dict: Mapping[str, Any], config: Mapping | None
 def _check_params(params, network, obs_dim: int) -> None:
     """Apply the network to a dummy observation: the parameters must fit its structure and `obs_dim`."""
     try:
-        ref = jax.eval_shape(network.init, jax.random.key(0), jnp.zeros((1, obs_dim), jnp.float32))
+        ref = jax.eval_shape(network.init, jax.random.key(0), jax.ShapeDtypeStruct((1, obs_dim), jnp.float32))
     except Exception as e:  # noqa: BLE001
         raise InputError(f"network config cannot build a network: {type(e).__name__}: {e}") from None
     want = {"/".join(p): tuple(v.shape) for p, v in _flatten(_unwrap_abstract(ref)).items()}
@@ -365,9 +369,12 @@ def _load_raw(path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a corrupt or foreign file is bad input
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise InputError(f"{path}: not a jaxtrade .pth file (torch.load failed: {type(e).__name__}: "
-                         f"{first[:200]})") from None
+        if "weights only load failed" in str(e).lower():
+            why = "it holds Python objects that torch.load(weights_only=True) refuses to unpickle"
+        else:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            why = f"torch.load failed: {type(e).__name__}: {first[:200]}"
+        raise InputError(f"{path}: not a jaxtrade .pth file ({why})") from None
 
 
 def load_pth(path) -> tuple[dict[str, np.ndarray], dict]:
@@ -562,6 +569,16 @@ class LoadedPolicy(NamedTuple):
 
     def __call__(self, key, obs):
         return self.act(key, obs)
+
+    # hashable by identity (the config dict is not hashable), so it can sit in a frozen `policies.Policy`
+    def __hash__(self):
+        return id(self)
+
+    def __eq__(self, other):
+        return self is other
+
+    def __ne__(self, other):
+        return self is not other
 
 
 def _torch_act(module) -> Callable:

@@ -142,15 +142,16 @@ def _ppo_stage(cfg: SequenceConfig, env_params, prev, key, callback, lr_scale: f
 def _moe_stage(cfg: SequenceConfig, env_params, prev, key, callback, lr_scale: float = 1.0) -> StageRunner:
     from jaxtrade.agents import moe
 
+    # Every expert starts as the stage-1 policy (symmetry broken by per-expert noise) unless transfer
+    # learning is off or stage 1 did not run.
+    init_from = prev["params"] if (prev is not None and cfg.run.transfer_learning) else None
+
     def build(scale):
         conf = cfg.ppo.replace(learning_rate=cfg.ppo.learning_rate * scale, log_every=cfg.run.log_every)
-        return moe.make_trainer(cfg.moe, conf, env_params, callback=callback)
+        return moe.make_trainer(cfg.moe, conf, env_params, init_from=init_from, callback=callback)
 
     trainer = build(lr_scale)
-    init = None
-    if prev is not None and cfg.run.transfer_learning:
-        init = moe.init_from_ppo(prev["params"], key, cfg.moe, env_params=env_params, ppo_network=prev["network"])
-    return StageRunner(trainer=trainer, init_params=init, params_of=lambda rs: rs.train_state.params,
+    return StageRunner(trainer=trainer, init_params=None, params_of=lambda rs: rs.train_state.params,
                        network=trainer.network, iterations=cfg.moe.num_iterations,
                        env_steps_per_iteration=cfg.ppo.batch_size, rebuild=build)
 

@@ -32,19 +32,20 @@ _APPLY: dict = {}
 
 
 def _params(network, seed=0, noise=0.3):
-    """Initialised parameters plus noise, so that every layer (the small actor/gate outputs too) matters.
-    Built by one jitted function per network (op-by-op init is slow on a busy CPU) and cached."""
+    """Random parameters in the network's structure (from `jax.eval_shape`, no compilation: XLA compiles of
+    `init` are slow on a busy CPU): kernels ~ N(0, 1.5^2 / fan_in), biases ~ N(0, noise^2), so every layer
+    (the gate and the actor output too) matters. Cached per (network, seed)."""
     key = (repr(network), seed, noise)
     if key not in _PARAMS:
-        @jax.jit
-        def make(k):
-            params = network.init(k, jnp.zeros((1, D), jnp.float32))
-            leaves, tree = jax.tree.flatten(params)
-            keys = jax.random.split(jax.random.fold_in(k, 1), len(leaves))
-            leaves = [x + noise * jax.random.normal(kk, x.shape, x.dtype) for x, kk in zip(leaves, keys)]
-            return jax.tree.unflatten(tree, leaves)
+        shapes = jax.eval_shape(network.init, jax.random.key(0), jax.ShapeDtypeStruct((1, D), jnp.float32))
+        rng = np.random.default_rng(seed)
 
-        _PARAMS[key] = jax.tree.map(np.asarray, make(jax.random.key(seed)))
+        def draw(path, s):
+            if path[-1].key == "kernel":
+                return (rng.normal(size=s.shape) * 1.5 / np.sqrt(s.shape[-2])).astype(np.float32)
+            return (rng.normal(size=s.shape) * noise).astype(np.float32)
+
+        _PARAMS[key] = jax.tree_util.tree_map_with_path(draw, shapes)
     return _PARAMS[key]
 
 
@@ -302,6 +303,7 @@ def test_policies_load_policy_uses_export(tmp_path, torch):
     path = _export(tmp_path, net, params, name="NIFTY_final_model.pth")
     pol = policies.load_policy(path)
     assert pol.name == "NIFTY_final_model"
+    hash(pol)  # a frozen dataclass holding the loaded act: must stay hashable
     obs = _obs(30, seed=5)
     want, clear = _greedy(net, params, obs)
     got = jax.jit(jax.vmap(pol.act, in_axes=(None, 0)))(jax.random.key(0), jnp.asarray(obs))
@@ -309,7 +311,7 @@ def test_policies_load_policy_uses_export(tmp_path, torch):
 
 
 @pytest.mark.parametrize("which", ["ac", "moe"])
-def test_load_policy_orbax_directory(tmp_path, which):
+def test_load_policy_orbax_directory(tmp_path, monkeypatch, which):
     if which == "moe" and not HAS_MOE:
         pytest.skip("jaxtrade.networks has no MoEActorCritic yet")
     from jaxtrade.checkpoints import StageCheckpointer
@@ -321,6 +323,7 @@ def test_load_policy_orbax_directory(tmp_path, which):
               {"iteration": 3, "network": X.network_config(net, obs_dim=D),
                "observation": {"obs_names": list(OBS_NAMES), "obs_dim": D}})
     ckpt.close()
+    monkeypatch.setitem(sys.modules, "torch", None)  # an Orbax directory needs no PyTorch
     act, name, meta = X.load_policy(stage_dir, obs_names=OBS_NAMES)
     assert name == f"NIFTY_{which}" and meta["iteration"] == 3
     obs = _obs(64, seed=6)
