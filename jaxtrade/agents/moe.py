@@ -192,8 +192,15 @@ def init_from_ppo(ppo_params, key: jax.Array, network: MoEActorCritic, obs_dim: 
         if in_p > w.shape[1] or out_p > w.shape[2]:
             raise ValueError(f"init_from_ppo: layer {name} is {in_p}x{out_p} in the stage-1 network, larger "
                              f"than the experts' {w.shape[1]}x{w.shape[2]}")
-        w = w.at[:, :in_p, :out_p].set(w_src).at[:, in_p:, :out_p].set(0.0)
-        b = layer["bias"].at[:, :out_p].set(b_src)
+        # Block layout with static masks (no scatter): [[src, fresh], [0, fresh]] over (in, out).
+        in_f, out_f = w.shape[1:]
+        w_pad = jnp.pad(w_src, ((0, in_f - in_p), (0, out_f - out_p)))
+        cols_src = np.arange(out_f) < out_p
+        rows_src = np.arange(in_f) < in_p
+        keep_fresh = np.broadcast_to(~cols_src[None, :], (in_f, out_f))
+        from_src = rows_src[:, None] & cols_src[None, :]
+        w = jnp.where(keep_fresh, w, jnp.where(from_src, w_pad, 0.0))
+        b = jnp.where(cols_src, jnp.pad(b_src, (0, out_f - out_p)), layer["bias"])
         if init_noise > 0:
             rms = jnp.sqrt(jnp.mean(jnp.square(w_src)))
             w = w + init_noise * rms * jax.random.normal(nk, w.shape, w.dtype)
