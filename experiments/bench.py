@@ -1,6 +1,6 @@
 """Benchmarks; each prints one JSON object per line (DESIGN section 9).
 
-    python -m experiments.bench env [...]
+    python -m experiments.bench env [--processed_data_dir DIR --symbol SYMBOL] [--num_envs N] [--repeats 5]
     python -m experiments.bench ppo [--processed_data_dir DIR --symbol SYMBOL] [--repeats 3] [--configs default,throughput]
     python -m experiments.bench maml [--processed_data_dir DIR --symbol SYMBOL] [--repeats 3] [--iterations 3]
 
@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import sys
@@ -34,7 +35,19 @@ COMMANDS = ("env", "ppo", "maml")
 
 
 def bench_env(argv) -> None:
-    raise NotImplementedError("`python -m experiments.bench env` is not written yet (the lead adds it)")
+    """Env steps/s with random actions at N = 1, 256, 4096, 16384 (experiments/bench_env.py)."""
+    from experiments.bench_env import DEFAULT_SIZES, bench_env as run_env_bench
+    from jaxtrade.data import list_symbols, load_market
+
+    market, symbol = None, None
+    if FLAGS.processed_data_dir:
+        symbol = FLAGS.symbol or (list_symbols(FLAGS.processed_data_dir) or [None])[0]
+        if symbol is None:
+            raise cli.InputError(f"{FLAGS.processed_data_dir}: no processed symbols")
+        market = load_market(FLAGS.processed_data_dir, symbol)
+    sizes = [FLAGS.num_envs] if FLAGS.num_envs else DEFAULT_SIZES
+    run_env_bench(market, sizes=sizes, repeats=max(FLAGS.repeats, 1) if FLAGS["repeats"].present else 5,
+                  symbol=symbol)
 
 
 def _synthetic_market_dir(directory: str, symbol: str = "SYNTH_2", num_sessions: int = 250,
@@ -126,6 +139,7 @@ def bench_ppo(argv) -> None:
                 "steps_per_s": round(steps / med, 1), "compile_s": round(compile_s, 3),
                 "run_s": [round(t, 4) for t in times], "symbol": symbol, "synthetic": market.synthetic,
                 "device": f"{device.platform}:{device.device_kind}", "host": platform.machine(),
+                "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
                 "jax": jax.__version__}), flush=True)
 
 
@@ -184,6 +198,7 @@ def bench_maml(argv) -> None:
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
                 "run_s": [round(t, 4) for t in times], "symbol": symbol, "synthetic": market.synthetic,
                 "device": f"{device.platform}:{device.device_kind}", "host": platform.machine(),
+                "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
                 "jax": jax.__version__}), flush=True)
 
 
@@ -194,7 +209,7 @@ def main(argv) -> None:
         cli.die(f"unexpected positional arguments: {' '.join(argv[2:])}")
     try:
         {"env": bench_env, "ppo": bench_ppo, "maml": bench_maml}[argv[1]](argv)
-    except cli.InputError as e:
+    except (cli.InputError, NotImplementedError) as e:
         cli.die(str(e))
 
 

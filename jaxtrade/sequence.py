@@ -94,11 +94,15 @@ class StageLogger:
         it = int(m.get("iteration", 0))
         frac = min(it / max(self.total, 1), 1.0)
         bar = "#" * int(frac * 20) + "." * (20 - int(frac * 20))
+        def f(name, spec):
+            v = m.get(name, math.nan)
+            return "n/a" if not math.isfinite(v) else format(v, spec)
+
         line = (f"{self.stage:4s} {self.symbol} [{bar}] {it}/{self.total} | {steps:,.0f} steps"
-                f"{f' | {rate:,.0f}/s' if rate else ''} | return {m.get('mean_episode_return', float('nan')):+.4f}"
-                f" | win {m.get('win_rate', float('nan')):.3f} pf {m.get('profit_factor', float('nan')):.3f}"
-                f" | pi {m.get('policy_loss', float('nan')):+.4f} v {m.get('value_loss', float('nan')):.4f}"
-                f" ent {m.get('entropy', float('nan')):.3f} kl {m.get('approx_kl', float('nan')):.4f}")
+                f"{f' | {rate:,.0f}/s' if rate else ''} | return {f('mean_episode_return', '+.4f')}"
+                f" | win {f('win_rate', '.3f')} pf {f('profit_factor', '.3f')}"
+                f" | pi {f('policy_loss', '+.4f')} v {f('value_loss', '.4f')}"
+                f" ent {f('entropy', '.3f')} kl {f('approx_kl', '.4f')}")
         extra = [f"{k} {v:.2f}" for k, v in m.items() if k.startswith("expert_usage") or k == "gate_entropy"]
         if extra:
             line += " | " + " ".join(extra)
