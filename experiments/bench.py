@@ -2,6 +2,7 @@
 
     python -m experiments.bench env [--processed_data_dir DIR --symbol SYMBOL] [--num_envs N] [--repeats 5]
     python -m experiments.bench ppo [--processed_data_dir DIR --symbol SYMBOL] [--repeats 3] [--configs default,throughput]
+    python -m experiments.bench moe [same flags as ppo]
     python -m experiments.bench maml [--processed_data_dir DIR --symbol SYMBOL] [--repeats 3] [--iterations 3]
 
 `ppo`: end-to-end PPO training throughput (rollout + GAE + update), env steps per second, the median of
@@ -31,7 +32,7 @@ flags.DEFINE_list("configs", ["default", "throughput"], "ppo bench configs to ru
 flags.DEFINE_integer("iterations", 0, "iterations per timed run (0: per-config default)")
 flags.DEFINE_integer("num_envs", 0, "override num_envs of every config (0: keep)")
 
-COMMANDS = ("env", "ppo", "maml")
+COMMANDS = ("env", "ppo", "maml", "moe")
 
 
 def bench_env(argv) -> None:
@@ -202,13 +203,82 @@ def bench_maml(argv) -> None:
                 "jax": jax.__version__}), flush=True)
 
 
+def bench_moe(argv) -> None:
+    """`moe`: end-to-end MoE training (4 experts of hidden 128 behind the gate) against PPO with one
+    ActorCritic of hidden 128, same market, rollout and update settings (the `--configs` of `ppo`), timed in
+    the same process. One JSON line per network and config; the MoE line has `ratio_vs_ppo128` = PPO-128's
+    steps/s divided by the MoE's (the cost of the MoE per env step in units of one hidden-128 network)."""
+    import jax
+
+    from jaxtrade import env as trading_env
+    from jaxtrade.agents import moe as moe_agent
+    from jaxtrade.agents.ppo import make_trainer
+    from jaxtrade.data import list_symbols, load_market
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if FLAGS.processed_data_dir:
+            symbol = FLAGS.symbol or (list_symbols(FLAGS.processed_data_dir) or [None])[0]
+            if symbol is None:
+                raise cli.InputError(f"{FLAGS.processed_data_dir}: no processed symbols")
+            market = load_market(FLAGS.processed_data_dir, symbol)
+        else:
+            symbol = _synthetic_market_dir(tmp)
+            market = load_market(tmp, symbol)
+        env_params = trading_env.make_params(market, "train")
+        configs = _ppo_configs()
+        unknown = [c for c in FLAGS.configs if c not in configs]
+        if unknown:
+            raise cli.InputError(f"--configs: unknown {', '.join(unknown)} (choose from {', '.join(configs)})")
+        device = jax.devices()[0]
+        moe_config = moe_agent.MoEConfig()
+        for name in FLAGS.configs:
+            config, iters = configs[name]
+            config = config.replace(hidden_sizes=(moe_config.expert_hidden_dim,) * moe_config.expert_num_layers)
+            if FLAGS.num_envs:
+                config = config.replace(num_envs=FLAGS.num_envs)
+            iters = FLAGS.iterations or max(iters // 3, 1)
+            rates = {}
+            for net in ("ppo128", "moe"):
+                if net == "moe":
+                    trainer = moe_agent.make_trainer(moe_config.replace(num_iterations=iters), config, env_params,
+                                                     callback=None)
+                else:
+                    trainer = make_trainer(config, env_params, callback=None)
+                rs = jax.block_until_ready(trainer.init(jax.random.key(0)))
+                t0 = time.perf_counter()
+                compiled = jax.jit(trainer.run_fn, static_argnums=2).lower(rs, env_params, iters).compile()
+                compile_s = time.perf_counter() - t0
+                rs, _ = jax.block_until_ready(compiled(rs, env_params))  # warm-up
+                times = []
+                for _ in range(max(FLAGS.repeats, 1)):
+                    t0 = time.perf_counter()
+                    rs, _ = jax.block_until_ready(compiled(rs, env_params))
+                    times.append(time.perf_counter() - t0)
+                rates[net] = iters * config.batch_size / statistics.median(times)
+                line = {"bench": "moe", "config": name, "network": net, "num_envs": config.num_envs,
+                        "num_steps": config.num_steps, "minibatch_size": config.minibatch_size,
+                        "update_epochs": config.update_epochs, "iterations": iters,
+                        "steps_per_s": round(rates[net], 1), "compile_s": round(compile_s, 3),
+                        "run_s": [round(t, 4) for t in times]}
+                if net == "moe":
+                    line.update(num_experts=moe_config.num_experts, expert_hidden_dim=moe_config.expert_hidden_dim,
+                                gating_hidden_dim=moe_config.gating_hidden_dim,
+                                ratio_vs_ppo128=round(rates["ppo128"] / rates["moe"], 3))
+                else:
+                    line.update(hidden_sizes=list(config.hidden_sizes))
+                line.update(symbol=symbol, synthetic=market.synthetic,
+                            device=f"{device.platform}:{device.device_kind}", host=platform.machine(),
+                            jax=jax.__version__)
+                print(json.dumps(line), flush=True)
+
+
 def main(argv) -> None:
     if len(argv) < 2 or argv[1] not in COMMANDS:
         cli.die(f"usage: python -m experiments.bench {{{'|'.join(COMMANDS)}}} [flags]")
     if len(argv) > 2:
         cli.die(f"unexpected positional arguments: {' '.join(argv[2:])}")
     try:
-        {"env": bench_env, "ppo": bench_ppo, "maml": bench_maml}[argv[1]](argv)
+        {"env": bench_env, "ppo": bench_ppo, "maml": bench_maml, "moe": bench_moe}[argv[1]](argv)
     except (cli.InputError, NotImplementedError) as e:
         cli.die(str(e))
 

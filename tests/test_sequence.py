@@ -194,3 +194,28 @@ def test_cli_bad_flags_exit_2(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "run_training.py"), "--symbols", "NOPE",
                           f"--processed-data-dir={tmp_path}"], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 2 and "NOPE" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_pth_backtest_matches_orbax_checkpoint(market_dir):
+    """`run_backtest.py --model X.pth` runs the PyTorch module and trades exactly as the Orbax checkpoint."""
+    pytest.importorskip("torch")
+    import pyarrow.parquet as pq
+
+    tmp = market_dir
+    cfg = tiny_config(tmp, generate_reports=False, **{"ppo.num_iterations": 6})
+    S.run_sequence(cfg, out=open("/dev/null", "w"))
+    pth = tmp / "ck" / "t" / "models" / "NIFTY_5_ppo_stage1.pth"
+    orbax_dir = tmp / "ck" / "t" / "NIFTY_5" / "ppo"
+    trades = {}
+    for name, model in (("pth", pth), ("orbax", orbax_dir)):
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "run_backtest.py"), f"--model={model}", "--symbols", "NIFTY_5",
+             f"--processed-data-dir={tmp / 'processed'}", f"--output-dir={tmp / name}", "--split=val",
+             "--initial-capital=2000000"], capture_output=True, text=True, cwd=tmp)
+        assert out.returncode == 0, out.stderr
+        trades[name] = pq.read_table(tmp / name / "NIFTY_5" / "trades.parquet").to_pydict()
+        equity = pq.read_table(tmp / name / "NIFTY_5" / "equity.parquet").to_pydict()
+        trades[name + "_position"] = equity["position"]
+    assert len(trades["pth"]["net_pnl"]) > 0
+    assert trades["pth"] == trades["orbax"]
+    assert trades["pth_position"] == trades["orbax_position"]
