@@ -69,11 +69,43 @@ def make_network(num_actions: int, hidden_sizes: Sequence[int] = (64, 64), activ
 # Mixture of experts (stage 2)
 
 
+def _scaled_normal_dense(features: int, scale: float, name: str) -> nn.Dense:
+    # Gaussian with std scale / sqrt(fan_in): the same per-unit gain as `_dense`'s orthogonal(scale) but no QR.
+    return nn.Dense(features, kernel_init=nn.initializers.variance_scaling(scale ** 2, "fan_in", "normal"),
+                    bias_init=nn.initializers.zeros, name=name)
+
+
+class ExpertActorCritic(nn.Module):
+    """One expert: `ActorCritic`'s layers, names and shapes (`actor_0`.., `actor_out`, `critic_0`..,
+    `critic_out`), so an expert's sliced parameters run in `ActorCritic` unchanged. Initialised with scaled
+    Gaussians (std gain / sqrt(fan_in), gains sqrt(2) hidden, 0.01 actor output, 1.0 critic output) instead
+    of orthogonal matrices: a batched (vmapped) QR inside a larger jitted program was seen to hang XLA:CPU
+    (jax 0.10.2), and the MoE stage normally starts from stage 1's weights anyway (`init_from_ppo`)."""
+
+    num_actions: int
+    hidden_sizes: Sequence[int] = (128, 128)
+    activation: str = "tanh"
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        act = activation_fn(self.activation)
+        hidden_scale = float(np.sqrt(2.0))
+        h = obs
+        for i, width in enumerate(self.hidden_sizes):
+            h = act(_scaled_normal_dense(width, hidden_scale, f"actor_{i}")(h))
+        logits = _scaled_normal_dense(self.num_actions, 0.01, "actor_out")(h)
+        v = obs
+        for i, width in enumerate(self.hidden_sizes):
+            v = act(_scaled_normal_dense(width, hidden_scale, f"critic_{i}")(v))
+        value = _scaled_normal_dense(1, 1.0, "critic_out")(v)
+        return logits, jnp.squeeze(value, -1)
+
+
 def stacked_experts(num_experts: int) -> type[nn.Module]:
-    """`ActorCritic` lifted with `nn.vmap` over a leading expert axis: every parameter gains a leading
+    """`ExpertActorCritic` lifted with `nn.vmap` over a leading expert axis: every parameter gains a leading
     `[num_experts]` axis and all experts run as one batched computation (no Python loop). The observation
     is shared (`in_axes=None`); outputs are `(logits [E, ..., A], value [E, ...])`."""
-    return nn.vmap(ActorCritic, in_axes=None, out_axes=0, variable_axes={"params": 0},
+    return nn.vmap(ExpertActorCritic, in_axes=None, out_axes=0, variable_axes={"params": 0},
                    split_rngs={"params": True}, axis_size=int(num_experts))
 
 
@@ -92,7 +124,8 @@ class MoEActorCritic(nn.Module):
     Parameter names (export contract):
       gate_0/{kernel [obs_dim, gating_hidden_dim], bias}, gate_out/{kernel [gating_hidden_dim, E], bias [E]}
       experts/{actor_0, actor_1, actor_out, critic_0, critic_1, critic_out}/{kernel, bias}: exactly
-        `ActorCritic(hidden_sizes=(expert_hidden_dim,) * expert_num_layers)`'s names and shapes, each with a
+        `ActorCritic(hidden_sizes=(expert_hidden_dim,) * expert_num_layers)`'s names and shapes (see
+        `ExpertActorCritic`), each with a
         leading expert axis `[E, ...]` (expert e's `actor_0` kernel is `experts/actor_0/kernel[e]`).
     The gate's output layer starts small (orthogonal, scale 0.01), so the gate starts near uniform.
     """
