@@ -235,6 +235,20 @@ class SymbolContext:
             allow_overnight=env_cfg.allow_overnight, initial_capital=env_cfg.initial_capital,
             max_lots=env_cfg.max_lots, seed=cfg.run.seed)
 
+    def eval_params(self, split: str):
+        """float32 env params over `split` as one episode (for on-device evaluation traces)."""
+        return E.make_params(self.market, split, cost_params=self.train_params.costs, lot_size=self.lot_size,
+                             dated_lots=self.cfg.env.dated_lots, slippage_ticks=self.cfg.env.slippage_ticks,
+                             max_lots=self.cfg.env.max_lots, initial_capital=self.cfg.env.initial_capital,
+                             episode_sessions=None, allow_overnight=self.cfg.env.allow_overnight,
+                             square_off_time=self.cfg.env.square_off_time or None)
+
+    def backtest_many(self, policies, split: str):
+        from jaxtrade import backtest as B
+
+        with jax.enable_x64(True):
+            return B.backtest_many(self.market64, policies, self.backtest_config, split=split)
+
     def backtest(self, policy, split: str):
         from jaxtrade import backtest as B
 
@@ -352,6 +366,9 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev: dict | 
         extra = getattr(runner.trainer, "summary_extras", None)
         if extra is not None:
             record.update(extra(ctx, params))
+        if stage == "moe":
+            record["expert_regimes"] = expert_regimes(runner.network, params, ctx, cfg.run.eval_split,
+                                                      directory / "expert_regimes.png")
         save(True, record)
         status = "passed" if passed else f"FAILED ({'; '.join(reasons)})"
         logging.info("%s %s: %d iterations in %.1f s; validation win %s pf %s dd %s sharpe %s; gate %s", symbol, stage,
@@ -363,6 +380,39 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev: dict | 
             ckpt.close()
 
 
+
+
+def expert_regimes(network, params, ctx: "SymbolContext", split: str, png_path: Path) -> dict:
+    """Which expert leads in which market condition (volatility terciles x trend) on `split`, with a
+    heat-map PNG beside the MoE checkpoints."""
+    from jaxtrade.agents import moe
+
+    table = moe.expert_regime_table(network, params, ctx.market, split=split, env_params=ctx.eval_params(split))
+    notice = moe.plot_expert_regimes(table, png_path)
+    table["heatmap"] = str(png_path) if png_path.exists() else None
+    if notice:
+        logging.info("%s", notice)
+    return table
+
+
+def render_expert_regimes(table: dict) -> str:
+    """A text table: rows volatility terciles, columns trend; each cell the leading expert and its gate share."""
+    vols, trends = table["vol_buckets"], table["trend_buckets"]
+    lines = [f"Expert leading each market condition ({table['symbol']}, {table['split']} split, "
+             f"{table['num_experts']} experts; cell = leader (mean gate prob, bars)); overall usage "
+             + ", ".join(f"e{i} {_fmt(u)}" for i, u in enumerate(table["usage"])) + ":",
+             "  " + "vol / trend".ljust(14) + "".join(f"{t:>22}" for t in trends)]
+    for vi, vname in enumerate(vols):
+        cells = []
+        for ti in range(len(trends)):
+            lead, bars = table["leader"][vi][ti], table["bars"][vi][ti]
+            if lead is None:
+                cells.append(f"{'-':>22}")
+            else:
+                share = table["mean_gate"][vi][ti][lead]
+                cells.append(f"{f'e{lead} ({share:.2f}, {bars})':>22}")
+        lines.append(f"  {vname + ' vol':<14}" + "".join(cells))
+    return "\n".join(lines)
 
 
 def network_config(network) -> dict:
@@ -499,23 +549,28 @@ def write_report(cfg: SequenceConfig, contexts, stage_models, final_models, out)
 
     out_dir = Path(cfg.run.output_dir)
     per_symbol = []
+    regime_sections = []
     for symbol, (network, params, best) in final_models.items():
         ctx = contexts[symbol]
         split = cfg.run.report_split
-        main = ctx.backtest(policy_of(network, params, f"final ({best})",
-                                      source=f"{symbol}_final_model.pth ({best})"), split)
-        others = []
+        pols = [policy_of(network, params, f"final ({best})", source=f"{symbol}_final_model.pth ({best})")]
         if cfg.run.compare_stages:
-            for stage, (net, prm) in stage_models[symbol].items():
-                others.append(ctx.backtest(policy_of(net, prm, stage, source=f"{stage}"), split))
-        for name in policies.BASELINES:
-            pol = policies.make_baseline(name, max_lots=cfg.env.max_lots, scaler=ctx.market.scaler)
-            others.append(ctx.backtest(pol, split))
+            pols += [policy_of(net, prm, stage, source=stage) for stage, (net, prm) in stage_models[symbol].items()]
+        pols += [policies.make_baseline(name, max_lots=cfg.env.max_lots, scaler=ctx.market.scaler)
+                 for name in policies.BASELINES]
+        results = ctx.backtest_many(pols, split)
+        main, others = results[0], results[1:]
         report.write_symbol_outputs(main, others, out_dir / symbol)
         per_symbol.append((main, others))
+        if "moe" in stage_models[symbol]:
+            net, prm = stage_models[symbol]["moe"]
+            png = out_dir / symbol / "expert_regimes.png"
+            regime_sections.append(render_expert_regimes(expert_regimes(net, prm, ctx, split, png)))
     header = [f"run {cfg.run.run_name}; split {cfg.run.report_split}; stages {','.join(cfg.run.stages)}",
               seed_targets_section(per_symbol)]
     text = report.render_report(per_symbol, header_lines=header)
+    if regime_sections:
+        text += "\n" + "\n\n".join(regime_sections) + "\n"
     path = Path(cfg.run.report_file) if cfg.run.report_file else out_dir / f"{cfg.run.run_name}_report.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")

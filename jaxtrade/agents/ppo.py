@@ -50,7 +50,7 @@ class PPOConfig:
     ent_coef: float = 0.01
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
-    num_envs: int = 256
+    num_envs: int = 64  # parallel episodes per iteration; 64 x 128 keeps the seed's minibatch 128 affordable on a CPU
     num_steps: int = 128  # rollout length per iteration
     num_iterations: int = 500  # the seed's "episodes": one rollout + one update each
     anneal_lr: bool = False  # linear decay to 0 over num_iterations
