@@ -149,6 +149,14 @@ def _moe_stage(cfg: SequenceConfig, env_params, prev, key, callback, lr_scale: f
     # Every expert starts as the stage-1 policy (symmetry broken by per-expert noise) unless transfer
     # learning is off or stage 1 did not run.
     init_from = prev["params"] if (prev is not None and cfg.run.transfer_learning) else None
+    ppo_hidden = tuple(cfg.ppo.hidden_sizes)
+    if init_from is not None and (cfg.moe.expert_hidden_dim < max(ppo_hidden, default=0)
+                                  or cfg.moe.expert_num_layers != len(ppo_hidden)):
+        raise InputError(
+            f"--moe.expert_hidden_dim={cfg.moe.expert_hidden_dim} with --moe.expert_num_layers="
+            f"{cfg.moe.expert_num_layers} cannot hold the stage-1 network (--ppo.hidden_sizes="
+            f"{','.join(map(str, ppo_hidden))}) that every expert starts from; widen the experts, match the layer "
+            f"count, or pass --transfer_learning=false")
 
     def build(scale):
         conf = cfg.ppo.replace(learning_rate=cfg.ppo.learning_rate * scale, log_every=cfg.run.log_every)

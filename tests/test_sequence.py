@@ -196,6 +196,13 @@ def test_cli_bad_flags_exit_2(tmp_path):
     assert out.returncode == 2 and "NOPE" in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
+def test_moe_narrower_than_ppo_is_a_clear_error(market_dir):
+    cfg = tiny_config(market_dir, stages=("ppo", "moe"), generate_reports=False,
+                      **{"ppo.num_iterations": 1, "moe.expert_hidden_dim": 16})
+    with pytest.raises(InputError, match="--moe.expert_hidden_dim=16"):
+        S.run_sequence(cfg, out=open("/dev/null", "w"))
+
+
 def test_pth_backtest_matches_orbax_checkpoint(market_dir):
     """`run_backtest.py --model X.pth` runs the PyTorch module and trades exactly as the Orbax checkpoint."""
     pytest.importorskip("torch")
@@ -219,3 +226,30 @@ def test_pth_backtest_matches_orbax_checkpoint(market_dir):
     assert len(trades["pth"]["net_pnl"]) > 0
     assert trades["pth"] == trades["orbax"]
     assert trades["pth_position"] == trades["orbax_position"]
+
+
+@pytest.mark.slow
+def test_three_stages_end_to_end(market_dir):
+    """PPO -> MoE -> MAML on a tiny market: every stage exported, the MoE regime table and the MAML adaptation
+    numbers in summary.json, the final model chosen on validation, and the report."""
+    tmp = market_dir
+    cfg = tiny_config(tmp, stages=("ppo", "moe", "maml"), **{
+        "ppo.hidden_sizes": (16, 16), "moe.num_iterations": 2, "moe.num_experts": 2, "moe.expert_hidden_dim": 16,
+        "moe_gate.min_iterations": 0,
+        "maml.num_iterations": 2, "maml.support_num_envs": 4, "maml.support_num_steps": 16,
+        "maml.query_num_envs": 4, "maml.query_num_steps": 16, "maml.evaluation_steps": 1, "maml.eval_episodes": 4,
+        "maml.window_sessions": 4, "maml.bootstrap_resamples": 200})
+    S.run_sequence(cfg, out=open("/dev/null", "w"))
+    models = tmp / "ck" / "t" / "models"
+    for name in ("ppo_stage1", "moe_stage2", "maml_stage3_final", "final_model"):
+        assert (models / f"NIFTY_5_{name}.pth").exists(), name
+    summary = json.loads((tmp / "ck" / "t" / "NIFTY_5" / "summary.json").read_text())
+    table = summary["stages"]["moe"]["expert_regimes"]
+    assert np.array(table["bars"]).shape == (3, 3) and sum(map(sum, table["bars"])) == table["num_bars"]
+    assert "adaptation" in summary["stages"]["maml"]
+    final = summary["final_model"]
+    sharpes = {s: summary["stages"][s]["validation"]["sharpe"] for s in ("ppo", "moe", "maml")}
+    ranked = sorted(sharpes, key=lambda s: -np.inf if sharpes[s] is None else sharpes[s], reverse=True)
+    assert final["stage"] == ranked[0]
+    report = (tmp / "reports" / "t_report.txt").read_text()
+    assert "Expert leading each market condition" in report and "maml" in report
