@@ -44,18 +44,21 @@ class ActorCritic(nn.Module):
     hidden_sizes: Sequence[int] = (64, 64)
     activation: str = "tanh"
 
+    def dense(self, features: int, scale: float, name: str) -> nn.Dense:
+        return _dense(features, scale, name)
+
     @nn.compact
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
         act = activation_fn(self.activation)
         hidden_scale = float(np.sqrt(2.0))
         h = obs
         for i, width in enumerate(self.hidden_sizes):
-            h = act(_dense(width, hidden_scale, f"actor_{i}")(h))
-        logits = _dense(self.num_actions, 0.01, "actor_out")(h)
+            h = act(self.dense(width, hidden_scale, f"actor_{i}")(h))
+        logits = self.dense(self.num_actions, 0.01, "actor_out")(h)
         v = obs
         for i, width in enumerate(self.hidden_sizes):
-            v = act(_dense(width, hidden_scale, f"critic_{i}")(v))
-        value = _dense(1, 1.0, "critic_out")(v)
+            v = act(self.dense(width, hidden_scale, f"critic_{i}")(v))
+        value = self.dense(1, 1.0, "critic_out")(v)
         return logits, jnp.squeeze(value, -1)
 
 
@@ -75,30 +78,17 @@ def _scaled_normal_dense(features: int, scale: float, name: str) -> nn.Dense:
                     bias_init=nn.initializers.zeros, name=name)
 
 
-class ExpertActorCritic(nn.Module):
+class ExpertActorCritic(ActorCritic):
     """One expert: `ActorCritic`'s layers, names and shapes (`actor_0`.., `actor_out`, `critic_0`..,
     `critic_out`), so an expert's sliced parameters run in `ActorCritic` unchanged. Initialised with scaled
     Gaussians (std gain / sqrt(fan_in), gains sqrt(2) hidden, 0.01 actor output, 1.0 critic output) instead
     of orthogonal matrices: a batched (vmapped) QR inside a larger jitted program was seen to hang XLA:CPU
     (jax 0.10.2), and the MoE stage normally starts from stage 1's weights anyway (`init_from_ppo`)."""
 
-    num_actions: int
     hidden_sizes: Sequence[int] = (128, 128)
-    activation: str = "tanh"
 
-    @nn.compact
-    def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
-        act = activation_fn(self.activation)
-        hidden_scale = float(np.sqrt(2.0))
-        h = obs
-        for i, width in enumerate(self.hidden_sizes):
-            h = act(_scaled_normal_dense(width, hidden_scale, f"actor_{i}")(h))
-        logits = _scaled_normal_dense(self.num_actions, 0.01, "actor_out")(h)
-        v = obs
-        for i, width in enumerate(self.hidden_sizes):
-            v = act(_scaled_normal_dense(width, hidden_scale, f"critic_{i}")(v))
-        value = _scaled_normal_dense(1, 1.0, "critic_out")(v)
-        return logits, jnp.squeeze(value, -1)
+    def dense(self, features: int, scale: float, name: str) -> nn.Dense:
+        return _scaled_normal_dense(features, scale, name)
 
 
 def stacked_experts(num_experts: int) -> type[nn.Module]:
