@@ -93,27 +93,34 @@ def _ppo_configs():
     }
 
 
+def _training_bench_setup(tmp: str):
+    """(symbol, market, train env params, the selected `_ppo_configs`) for the training benches: the market
+    from --processed_data_dir/--symbol, else a synthetic one written into `tmp`."""
+    from jaxtrade import env as trading_env
+    from jaxtrade.data import list_symbols, load_market
+
+    if FLAGS.processed_data_dir:
+        symbol = FLAGS.symbol or (list_symbols(FLAGS.processed_data_dir) or [None])[0]
+        if symbol is None:
+            raise cli.InputError(f"{FLAGS.processed_data_dir}: no processed symbols")
+        market = load_market(FLAGS.processed_data_dir, symbol)
+    else:
+        symbol = _synthetic_market_dir(tmp)
+        market = load_market(tmp, symbol)
+    configs = _ppo_configs()
+    unknown = [c for c in FLAGS.configs if c not in configs]
+    if unknown:
+        raise cli.InputError(f"--configs: unknown {', '.join(unknown)} (choose from {', '.join(configs)})")
+    return symbol, market, trading_env.make_params(market, "train"), configs
+
+
 def bench_ppo(argv) -> None:
     import jax
 
-    from jaxtrade import env as trading_env
     from jaxtrade.agents.ppo import make_trainer
-    from jaxtrade.data import list_symbols, load_market
 
     with tempfile.TemporaryDirectory() as tmp:
-        if FLAGS.processed_data_dir:
-            symbol = FLAGS.symbol or (list_symbols(FLAGS.processed_data_dir) or [None])[0]
-            if symbol is None:
-                raise cli.InputError(f"{FLAGS.processed_data_dir}: no processed symbols")
-            market = load_market(FLAGS.processed_data_dir, symbol)
-        else:
-            symbol = _synthetic_market_dir(tmp)
-            market = load_market(tmp, symbol)
-        env_params = trading_env.make_params(market, "train")
-        configs = _ppo_configs()
-        unknown = [c for c in FLAGS.configs if c not in configs]
-        if unknown:
-            raise cli.InputError(f"--configs: unknown {', '.join(unknown)} (choose from {', '.join(configs)})")
+        symbol, market, env_params, configs = _training_bench_setup(tmp)
         device = jax.devices()[0]
         for name in FLAGS.configs:
             config, iters = configs[name]
@@ -210,25 +217,11 @@ def bench_moe(argv) -> None:
     steps/s divided by the MoE's (the cost of the MoE per env step in units of one hidden-128 network)."""
     import jax
 
-    from jaxtrade import env as trading_env
     from jaxtrade.agents import moe as moe_agent
     from jaxtrade.agents.ppo import make_trainer
-    from jaxtrade.data import list_symbols, load_market
 
     with tempfile.TemporaryDirectory() as tmp:
-        if FLAGS.processed_data_dir:
-            symbol = FLAGS.symbol or (list_symbols(FLAGS.processed_data_dir) or [None])[0]
-            if symbol is None:
-                raise cli.InputError(f"{FLAGS.processed_data_dir}: no processed symbols")
-            market = load_market(FLAGS.processed_data_dir, symbol)
-        else:
-            symbol = _synthetic_market_dir(tmp)
-            market = load_market(tmp, symbol)
-        env_params = trading_env.make_params(market, "train")
-        configs = _ppo_configs()
-        unknown = [c for c in FLAGS.configs if c not in configs]
-        if unknown:
-            raise cli.InputError(f"--configs: unknown {', '.join(unknown)} (choose from {', '.join(configs)})")
+        symbol, market, env_params, configs = _training_bench_setup(tmp)
         device = jax.devices()[0]
         moe_config = moe_agent.MoEConfig()
         for name in FLAGS.configs:
