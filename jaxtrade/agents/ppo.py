@@ -34,6 +34,7 @@ from flax import struct
 from flax.training.train_state import TrainState
 
 from jaxtrade.agents import rollout as R
+from jaxtrade.agents import shuffle
 from jaxtrade.networks import make_network
 
 
@@ -277,8 +278,9 @@ class PPOTrainer:
         def epoch(carry, _):
             ts, key = carry
             key, k_perm = jax.random.split(key)
-            perm = jax.random.permutation(k_perm, size)[: nb * mb]
-            mbs = jax.tree.map(lambda x: jnp.take(x, perm, axis=0).reshape((nb, mb) + x.shape[1:]), flat)
+            perm = shuffle.permutation(k_perm, size)[: nb * mb]
+            mbs = jax.tree.map(lambda x: jnp.take(x, perm, axis=0, mode="clip", unique_indices=True)
+                               .reshape((nb, mb) + x.shape[1:]), flat)
             ts, aux = jax.lax.scan(minibatch_step, ts, mbs)
             return (ts, key), aux
 
