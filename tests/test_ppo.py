@@ -295,3 +295,12 @@ def test_cartpole_reaches_475():
     print(f"CartPole: {elapsed:.1f}s; training return (last 20 it) {np.nanmean(recent):.1f}; "
           f"greedy {float(summary['mean_episode_return']):.1f}")
     assert float(summary["mean_episode_return"]) >= 475
+
+
+def test_env_steps_do_not_wrap_past_int32():
+    # 20,000 iterations of a 131,072-step batch is 2.6e9 steps: an int32 product would wrap negative.
+    it = jnp.int32(20_000)
+    assert float(R.env_steps(it, 131_072)) == pytest.approx(2_621_440_000, rel=1e-6)
+    got = {}
+    R.host_call(got.update)({"iteration": it, "batch_size": jnp.int32(131_072), "env_steps": R.env_steps(it, 131_072)})
+    assert got["env_steps"] == 2_621_440_000 and got["env_steps"].dtype == np.int64

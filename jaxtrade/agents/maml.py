@@ -446,7 +446,7 @@ class MAMLTrainer:
         inner = aux["inner_loss"]
         nan = jnp.float32(jnp.nan)
         metrics = {
-            "iteration": it, "env_steps": it * jnp.int32(self.env_steps_per_iteration),
+            "iteration": it, "env_steps": R.env_steps(it, self.env_steps_per_iteration),
             "batch_size": jnp.int32(self.env_steps_per_iteration),
             "meta_loss": loss, "grad_norm": optax.global_norm(grads),
             "support_return": support_return.mean(),
@@ -462,7 +462,7 @@ class MAMLTrainer:
         for k in ("policy_loss", "value_loss", "entropy", "approx_kl", "clip_frac"):
             metrics[k] = aux[k].mean()
         if self.callback is not None and c.log_every > 0:
-            host = _host_call(self.callback)
+            host = R.host_call(self.callback)
             jax.lax.cond(log_now, lambda m: jax.debug.callback(host, m), lambda m: None, metrics)
         return MAMLState(params=params, opt_state=opt_state, key=key, iteration=it), metrics
 
@@ -519,12 +519,6 @@ class MAMLTrainer:
 
     def summary_extras(self, ctx, params) -> dict:
         return {"adaptation": _json_safe(self.heldout_evaluation(ctx, params))}
-
-
-def _host_call(callback):
-    def call(metrics):
-        callback({k: np.asarray(v) for k, v in metrics.items()})
-    return call
 
 
 def make_trainer(maml_config: MAMLConfig, ppo_config: PPOConfig, env_params, moe_config=None, callback="default",

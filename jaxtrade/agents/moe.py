@@ -33,6 +33,7 @@ import numpy as np
 from absl import logging
 
 from jaxtrade.agents import ppo as P
+from jaxtrade.agents import rollout as R
 from jaxtrade.agents.ppo import PPOBatch, PPOConfig, PPOTrainer, RunnerState
 from jaxtrade.networks import MoEActorCritic, make_moe_network
 
@@ -262,7 +263,7 @@ class MoETrainer(PPOTrainer):
         metrics["trades_per_episode"] = jnp.where(
             eps > 0, metrics["num_trades"].astype(jnp.float32) / jnp.maximum(eps, 1.0), jnp.nan)
         if self.moe_callback is not None and self.config.log_every > 0:
-            host = P._host_call(self.moe_callback)
+            host = R.host_call(self.moe_callback)
             jax.lax.cond(log_now, lambda m: jax.debug.callback(host, m), lambda m: None, metrics)
         return rs, metrics
 

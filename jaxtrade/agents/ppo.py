@@ -185,12 +185,6 @@ class LogCallback:
                      m["policy_loss"], m["value_loss"], m["entropy"], m["approx_kl"], m["clip_frac"])
 
 
-def _host_call(callback: Callable[[dict[str, np.ndarray]], None]):
-    def call(metrics):
-        callback({k: np.asarray(v) for k, v in metrics.items()})
-    return call
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The trainer
 
@@ -299,12 +293,13 @@ class PPOTrainer:
         advantages, targets = R.compute_gae(traj, last_value, cfg.gamma, cfg.gae_lambda)
         ts, aux = self.update(ts, traj, advantages, targets, k_update)
         it = rs.iteration + 1
-        metrics = {"iteration": it, "env_steps": it * jnp.int32(cfg.batch_size)}
+        metrics = {"iteration": it, "env_steps": R.env_steps(it, cfg.batch_size),
+                   "batch_size": jnp.int32(cfg.batch_size)}
         metrics.update(R.summarise_episodes(traj))
         metrics["mean_reward"] = traj.reward.mean()
         metrics.update(aux)
         if self.callback is not None and cfg.log_every > 0:
-            host = _host_call(self.callback)
+            host = R.host_call(self.callback)
             jax.lax.cond(log_now, lambda m: jax.debug.callback(host, m), lambda m: None, metrics)
         return RunnerState(train_state=ts, rollout=ro, iteration=it), metrics
 
