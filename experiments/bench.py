@@ -210,11 +210,24 @@ def bench_maml(argv) -> None:
                 "jax": jax.__version__}), flush=True)
 
 
+def _dense_macs_per_row(params) -> int:
+    """Multiply-accumulates of one forward pass per observation row: the sizes of all Dense kernels (stacked
+    expert kernels included). Backward passes scale with it, so the MoE/PPO ratio of this number is the
+    ratio of arithmetic per env step that a device without spare parallel units must pay."""
+    from jax.tree_util import tree_flatten_with_path
+
+    leaves, _ = tree_flatten_with_path(params)
+    return int(sum(leaf.size for path, leaf in leaves if getattr(path[-1], "key", None) == "kernel"))
+
+
 def bench_moe(argv) -> None:
     """`moe`: end-to-end MoE training (4 experts of hidden 128 behind the gate) against PPO with one
     ActorCritic of hidden 128, same market, rollout and update settings (the `--configs` of `ppo`), timed in
     the same process. One JSON line per network and config; the MoE line has `ratio_vs_ppo128` = PPO-128's
-    steps/s divided by the MoE's (the cost of the MoE per env step in units of one hidden-128 network)."""
+    steps/s divided by the MoE's (the cost of the MoE per env step in units of one hidden-128 network) and
+    `macs_ratio_vs_ppo128`, the ratio of arithmetic (`dense_macs_per_row`): on hardware that is already busy
+    with one network (a CPU), the time ratio cannot fall below it; below it means the experts ran on
+    otherwise idle parallel units (a GPU/TPU)."""
     import jax
 
     from jaxtrade.agents import moe as moe_agent
@@ -230,7 +243,7 @@ def bench_moe(argv) -> None:
             if FLAGS.num_envs:
                 config = config.replace(num_envs=FLAGS.num_envs)
             iters = FLAGS.iterations or max(iters // 3, 1)
-            rates = {}
+            rates, macs = {}, {}
             for net in ("ppo128", "moe"):
                 if net == "moe":
                     trainer = moe_agent.make_trainer(moe_config.replace(num_iterations=iters), config, env_params,
@@ -248,7 +261,9 @@ def bench_moe(argv) -> None:
                     rs, _ = jax.block_until_ready(compiled(rs, env_params))
                     times.append(time.perf_counter() - t0)
                 rates[net] = iters * config.batch_size / statistics.median(times)
-                line = {"bench": "moe", "config": name, "network": net, "num_envs": config.num_envs,
+                macs[net] = _dense_macs_per_row(rs.train_state.params)
+                line = {"bench": "moe", "config": name, "network": net, "dense_macs_per_row": macs[net],
+                        "num_envs": config.num_envs,
                         "num_steps": config.num_steps, "minibatch_size": config.minibatch_size,
                         "update_epochs": config.update_epochs, "iterations": iters,
                         "steps_per_s": round(rates[net], 1), "compile_s": round(compile_s, 3),
@@ -256,7 +271,8 @@ def bench_moe(argv) -> None:
                 if net == "moe":
                     line.update(num_experts=moe_config.num_experts, expert_hidden_dim=moe_config.expert_hidden_dim,
                                 gating_hidden_dim=moe_config.gating_hidden_dim,
-                                ratio_vs_ppo128=round(rates["ppo128"] / rates["moe"], 3))
+                                ratio_vs_ppo128=round(rates["ppo128"] / rates["moe"], 3),
+                                macs_ratio_vs_ppo128=round(macs["moe"] / macs["ppo128"], 3))
                 else:
                     line.update(hidden_sizes=list(config.hidden_sizes))
                 line.update(symbol=symbol, synthetic=market.synthetic,
