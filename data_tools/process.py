@@ -1,13 +1,17 @@
 """Raw bar files -> processed Parquet (DESIGN section 2, "Data").
 
     python -m data_tools.process --raw-data-dir D --processed-data-dir P [--symbols S ...]
-        [--bar-minutes N] [--bar-label auto|start|end] [--source-tz TZ]
+        [--bar-minutes N] [--bar-label auto|start|end] [--source-tz TZ] [--date-order dmy|mdy]
 
 Per symbol: parse, sort by time, drop exact duplicates, reject conflicting duplicates, detect the bar size and
 bar-END labels (shifted to bar START), keep the regular session 09:15 <= start < 15:30 IST (pre-open,
 post-close/after-hours and special sessions are dropped and counted), optionally resample to N-minute bars
 anchored at 09:15 (the last partial bin is kept), check OHLC sanity, and write `{P}/{symbol}.parquet`
 atomically.
+
+The summary warns when more than half of a symbol's rows fall outside the session (naive timestamps that are
+not IST: `--source-tz`), says how day/month dates were read (`--date-order`, default dmy: DD/MM/YYYY), and
+warns when every day and month is <= 12, so that the other order would read them too.
 
 Naming: the processed symbol is the raw symbol. With `--bar-minutes N` different from the raw bar size the
 bars are resampled and the name gets `_{N}`; a raw name that already ends in `_{raw bar size}` has that suffix
@@ -35,8 +39,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jaxtrade.errors import InputError
-from data_tools.readers import (FileError, RawChunk, check_tz, list_raw_files, peek_symbol_column,
-                                read_file)
+from data_tools.readers import (DATE_ORDERS, FileError, RawChunk, check_date_order, check_tz, list_raw_files,
+                                peek_symbol_column, read_file)
 
 IST = "Asia/Kolkata"
 NS_PER_S = 1_000_000_000
@@ -75,6 +79,8 @@ class SymbolSummary:
     synthetic: bool
     output: Path
     resampled: bool = False
+    dates: str = ""                # how day/month dates were read, e.g. "day-first (DD/MM/YYYY)"
+    warnings: list = field(default_factory=list)
 
     def metadata(self) -> dict:
         return {
@@ -108,6 +114,9 @@ class SymbolSummary:
             f"  source: {_short_sources(self.sources)}",
             f"  output: {self.output}",
         ]
+        if self.dates:
+            lines.insert(4, f"  dates: read {self.dates}")
+        lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -175,6 +184,34 @@ def _remove_quietly(path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------- per symbol
+
+def _read_notes(parts: list[RawChunk], rows_in: int, outside: int) -> tuple[str, list]:
+    """The summary's `dates` text and warnings from how the timestamps were read (`RawChunk.ts_info`)."""
+    infos = [p.ts_info for p in parts]
+    warnings = []
+    if outside * 2 > rows_in:
+        head = f"{outside / rows_in:.0%} of rows fall outside 09:15-15:30 IST"
+        tzs = sorted({i["naive_tz"] for i in infos if "naive_tz" in i})
+        if tzs == [IST]:
+            warnings.append(f"{head}; if the timestamps are not IST, pass --source-tz UTC (or their time zone)")
+        elif tzs:
+            warnings.append(f"{head}; timestamps without a zone were read as {', '.join(tzs)} "
+                            f"(--source-tz): check that zone")
+        else:
+            warnings.append(f"{head} (the timestamps carry their zone)")
+    layouts = sorted({i["date_layout"] for i in infos if i.get("date_layout")})
+    dates = ""
+    if layouts:
+        order = "dmy" if layouts[0].startswith("DD") else "mdy"
+        other = "mdy" if order == "dmy" else "dmy"
+        dates = f"{DATE_ORDERS[order]} ({', '.join(layouts)})"
+        if all(i.get("date_ambiguous") for i in infos if i.get("date_layout")):
+            swapped = ", ".join(x.replace("DD", "@").replace("MM", "DD").replace("@", "MM") for x in layouts)
+            warnings.append(f"dates read {dates}, but every day and month is <= 12, so they could be "
+                            f"{DATE_ORDERS[other]} ({swapped}): if consecutive sessions show up a month "
+                            f"apart (few sessions over a long range), pass --date-order {other}")
+    return dates, warnings
+
 
 def _row_error(parts: list[RawChunk], file_idx: np.ndarray, rows: np.ndarray, i: int, msg: str) -> SymbolError:
     return SymbolError(f"{parts[int(file_idx[i])].display} row {int(rows[i])}: {msg}")
@@ -337,6 +374,8 @@ def process_symbol(raw_symbol: str, parts: list[RawChunk], processed_dir: Path,
         pa.array(session.astype(np.int32), pa.int32()),
     ], schema=OUTPUT_SCHEMA)
     symbol = output_symbol(raw_symbol, base, bar_minutes)
+    dates, warnings = _read_notes(parts, rows_in, dropped["pre_open"] + dropped["post_close"]
+                                  + dropped["special_sessions"])
     summary = SymbolSummary(
         symbol=symbol, raw_symbol=raw_symbol, rows_in=rows_in,
         sources=[p.path.name for p in sorted(parts, key=lambda p: int(p.ts_utc.min()))],
@@ -344,7 +383,8 @@ def process_symbol(raw_symbol: str, parts: list[RawChunk], processed_dir: Path,
         sessions=int(session.max()) + 1, first=_fmt_ts(ts[0]), last=_fmt_ts(ts[-1]),
         source_bar_minutes=int(base), bar_minutes=int(out_minutes), label=label, label_detected=detected,
         label_shift_minutes=int(shift_min), synthetic=any(p.synthetic for p in parts),
-        output=processed_dir / f"{_safe_name(symbol)}.parquet", resampled=resampled)
+        output=processed_dir / f"{_safe_name(symbol)}.parquet", resampled=resampled, dates=dates,
+        warnings=warnings)
     return table, summary
 
 
@@ -403,13 +443,14 @@ class _Std:
 
 
 def process_directory(raw_dir, processed_dir, symbols=None, bar_minutes=None, bar_label="auto",
-                      source_tz=IST, out=_Std("stdout"), err=_Std("stderr")) -> ProcessResult:
+                      source_tz=IST, out=_Std("stdout"), err=_Std("stderr"), date_order="dmy") -> ProcessResult:
     """Process every symbol found in `raw_dir` (or only `symbols`) into `processed_dir`.
 
     Prints a summary block per symbol on `out` (default: sys.stdout) and one `error: ...` line per failure on
     `err` (default: sys.stderr); either may be None for silence. Raises `InputError` when the run cannot start at all (missing raw directory, no input
     files, bad options); a bad file or symbol is a failure in the result, and the other symbols are still
     written.
+    `date_order` (dmy or mdy) says how day/month dates such as 1/8/2024 are read.
     """
     t0 = time.perf_counter()
     if isinstance(out, _Std):
@@ -425,6 +466,7 @@ def process_directory(raw_dir, processed_dir, symbols=None, bar_minutes=None, ba
         if bar_minutes <= 0 or bar_minutes > 375:
             raise InputError(f"--bar-minutes must be between 1 and 375, not {bar_minutes}")
     check_tz(source_tz)
+    check_date_order(date_order)
     if not raw_dir.exists():
         raise InputError(f"{raw_dir}: raw data directory not found")
     if not raw_dir.is_dir():
@@ -450,7 +492,7 @@ def process_directory(raw_dir, processed_dir, symbols=None, bar_minutes=None, ba
         if multi is False and not is_wanted(path.stem):
             continue
         try:
-            chunk = read_file(path, display, source_tz)
+            chunk = read_file(path, display, source_tz, date_order)
         except FileError as e:
             syms = e.symbols if e.symbols else ([path.stem] if multi is not True else None)
             if syms:
@@ -474,7 +516,8 @@ def process_directory(raw_dir, processed_dir, symbols=None, bar_minutes=None, ba
             by_symbol.setdefault(s, []).append(RawChunk(
                 path=chunk.path, display=chunk.display, ts_utc=chunk.ts_utc[m], open=chunk.open[m],
                 high=chunk.high[m], low=chunk.low[m], close=chunk.close[m], volume=chunk.volume[m],
-                oi=chunk.oi[m], rows=chunk.rows[m], symbols=None, synthetic=chunk.synthetic, meta=chunk.meta))
+                oi=chunk.oi[m], rows=chunk.rows[m], symbols=None, synthetic=chunk.synthetic, meta=chunk.meta,
+                ts_info=chunk.ts_info))
 
     # requested symbols that nowhere appear
     if wanted:
@@ -534,13 +577,16 @@ def _define_flags() -> None:
     flags.DEFINE_enum("bar_label", "auto", ["auto", "start", "end"],
                       "Whether raw timestamps label bar starts or ends (auto: detect).")
     flags.DEFINE_string("source_tz", IST, "Time zone of timestamps that carry none.")
+    flags.DEFINE_enum("date_order", "dmy", ["dmy", "mdy"],
+                      "How to read day/month dates such as 1/8/2024: dmy (DD/MM/YYYY) or mdy (MM/DD/YYYY).")
 
 
 def main(argv) -> int:
     from absl import flags
     F = flags.FLAGS
     result = process_directory(F.raw_data_dir, F.processed_data_dir, symbols=F.symbols,
-                               bar_minutes=F.bar_minutes, bar_label=F.bar_label, source_tz=F.source_tz)
+                               bar_minutes=F.bar_minutes, bar_label=F.bar_label, source_tz=F.source_tz,
+                               date_order=F.date_order)
     if not result.ok:
         sys.exit(2)
     return 0

@@ -7,6 +7,10 @@ loops over rows happen only while building an error message.
 
 Errors raise `FileError(path, message, row=None)`; `symbols` on the error says which symbols the file held
 where that could be told (a bad vendor file fails every symbol in it).
+
+`RawChunk.ts_info` says how the timestamps were read, for the summary: `naive_tz` (the zone that timestamps
+without one were read in, when there were such), `date_layout` (`DD/MM/YYYY` and the like, for day/month dates
+that are not ISO) and `date_ambiguous` (every day and month <= 12: the other order would read the file too).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ _FALLBACK_FORMATS = (
     "%Y/%m/%d %H:%M:%S", "%Y/%m/%d %H:%M",
     "%d-%b-%Y %H:%M:%S", "%d-%b-%Y %H:%M",
 )
+DATE_ORDERS = {"dmy": "day-first", "mdy": "month-first"}
 
 
 class FileError(Exception):
@@ -74,6 +79,7 @@ class RawChunk:
     symbols: Optional[np.ndarray]     # per-row symbol strings, or None (the symbol is the file stem)
     synthetic: bool = False
     meta: dict = field(default_factory=dict)
+    ts_info: dict = field(default_factory=dict)   # how the timestamps were read (see the module docstring)
 
     def __len__(self) -> int:
         return len(self.ts_utc)
@@ -86,6 +92,13 @@ def check_tz(tz: str) -> str:
         from jaxtrade.errors import InputError
         raise InputError(f"--source-tz: unknown time zone {tz!r}")
     return tz
+
+
+def check_date_order(order: str) -> str:
+    if order not in DATE_ORDERS:
+        from jaxtrade.errors import InputError
+        raise InputError(f"--date-order must be dmy or mdy, not {order!r}")
+    return order
 
 
 def list_raw_files(raw_dir: Path) -> list[Path]:
@@ -133,6 +146,25 @@ def _first_line(text: str) -> Optional[str]:
 
 def _split_line(line: str, delimiter: str = ",") -> list[str]:
     return next(csv.reader([line], delimiter=delimiter))
+
+
+def _yfinance_header(text: str, delimiter: str):
+    """yfinance >= 0.2.51 writes three header lines: `Price,Close,High,Low,Open,Volume`, `Ticker,^NSEI,...` and
+    `Datetime,,,,,`. Returns (column names, the first being the datetime column; tickers), or None."""
+    lines = []
+    for line in text.splitlines():
+        if line.strip():
+            lines.append(_split_line(line, delimiter))
+            if len(lines) == 3:
+                break
+    if len(lines) < 3:
+        return None
+    price, ticker, when = lines
+    if (price[0].strip().lower() != "price" or ticker[0].strip().lower() != "ticker"
+            or when[0].strip().lower() not in ("datetime", "date")):
+        return None
+    tickers = sorted({t.strip() for t in ticker[1:] if t.strip()})
+    return [when[0].strip()] + [f.strip() for f in price[1:]], tickers
 
 
 def _delimiter(line: str) -> str:
@@ -260,9 +292,34 @@ def _naive_to_utc_ns(naive: pa.Array, tz: str) -> np.ndarray:
     return np.asarray(pc.cast(out, pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
-def parse_time_strings(s: pa.Array, tz: str, path, rows: np.ndarray, what: str) -> np.ndarray:
-    """Strings -> UTC ns. ISO-8601 with an optional zone (`+05:30`, `Z`) or a few common day-first/compact
-    layouts; strings without a zone are wall-clock time in `tz`. Pure digits are epoch numbers."""
+def _fallback_formats(date_order: str) -> tuple:
+    if date_order == "mdy":
+        return tuple(f.replace("%d-%m", "%m-%d").replace("%d/%m", "%m/%d") for f in _FALLBACK_FORMATS)
+    return _FALLBACK_FORMATS
+
+
+def _date_layout(fmt: str) -> str:
+    """'%d/%m/%Y %H:%M' -> 'DD/MM/YYYY'."""
+    return (fmt.split(" ")[0].replace("%d", "DD").replace("%m", "MM").replace("%Y", "YYYY")
+            .replace("%b", "Mon"))
+
+
+def _note_dates(info: Optional[dict], fmt: str, parsed: pa.Array) -> None:
+    """Record a day/month layout (DD/MM/YYYY, MM-DD-YYYY, ...) and whether the other order would fit too."""
+    layout = _date_layout(fmt)
+    if info is None or layout[:2] not in ("DD", "MM") or layout[2] not in "/-" or "Mon" in layout:
+        return
+    day, month = pc.day(parsed), pc.month(parsed)
+    info["date_layout"] = layout
+    info["date_ambiguous"] = bool(pc.max(day).as_py() <= 12 and pc.max(month).as_py() <= 12
+                                  and not pc.all(pc.equal(day, month)).as_py())
+
+
+def parse_time_strings(s: pa.Array, tz: str, path, rows: np.ndarray, what: str, date_order: str = "dmy",
+                       info: Optional[dict] = None) -> np.ndarray:
+    """Strings -> UTC ns. ISO-8601 with an optional zone (`+05:30`, `Z`) or a few common day/month
+    (`date_order`: dmy or mdy) or compact layouts; strings without a zone are wall-clock time in `tz`. Pure
+    digits are epoch numbers. `info`, when given, records how they were read (`RawChunk.ts_info`)."""
     s = pc.utf8_trim_whitespace(s)
     valid = pc.and_(pc.is_valid(s), pc.not_equal(s, ""))
     valid_np = np.asarray(valid.to_numpy(zero_copy_only=False), bool) if len(s) else np.zeros(0, bool)
@@ -294,12 +351,18 @@ def parse_time_strings(s: pa.Array, tz: str, path, rows: np.ndarray, what: str) 
             out[has_tz] = (naive_ns - off_ns)[has_tz]
         if (~has_tz).any():
             out[~has_tz] = _naive_to_utc_ns(naive, tz)[~has_tz]
+            if info is not None:
+                info["naive_tz"] = tz
         return out
     best, best_n = None, -1
-    for fmt in _FALLBACK_FORMATS:
+    formats = _fallback_formats(date_order)
+    for fmt in formats:
         parsed = pc.strptime(s, format=fmt, unit="s", error_is_null=True)
         n = len(parsed) - parsed.null_count
         if n == len(parsed):
+            _note_dates(info, fmt, parsed)
+            if info is not None:
+                info["naive_tz"] = tz
             return _naive_to_utc_ns(parsed, tz)
         if n > best_n:
             best, best_n = parsed, n
@@ -307,10 +370,18 @@ def parse_time_strings(s: pa.Array, tz: str, path, rows: np.ndarray, what: str) 
     iso_ok = np.asarray(pc.is_valid(m).to_numpy(zero_copy_only=False), bool)
     ok = iso_ok if iso_ok.sum() >= best_n else np.asarray(pc.is_valid(best).to_numpy(zero_copy_only=False), bool)
     i = int(np.flatnonzero(~ok)[0])
-    raise FileError(path, f"unparseable timestamp {s[i].as_py()!r} ({what})", row=int(rows[i]))
+    hint = ""
+    other = "mdy" if date_order == "dmy" else "dmy"
+    for fmt in _fallback_formats(other):
+        if fmt not in formats and pc.strptime(s, format=fmt, unit="s", error_is_null=True).null_count == 0:
+            hint = (f"; dates are read {DATE_ORDERS[date_order]}, but they all read as {_date_layout(fmt)}: "
+                    f"pass --date-order {other}")
+            break
+    raise FileError(path, f"unparseable timestamp {s[i].as_py()!r} ({what}){hint}", row=int(rows[i]))
 
 
-def _timestamp_from_column(col: pa.ChunkedArray, name: str, tz: str, path, rows) -> np.ndarray:
+def _timestamp_from_column(col: pa.ChunkedArray, name: str, tz: str, path, rows, date_order: str = "dmy",
+                           info: Optional[dict] = None) -> np.ndarray:
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     t = col.type
     if pa.types.is_timestamp(t):
@@ -320,6 +391,8 @@ def _timestamp_from_column(col: pa.ChunkedArray, name: str, tz: str, path, rows)
         if t.tz is not None:
             return np.asarray(pc.cast(pc.cast(col, pa.timestamp("ns", tz="UTC")), pa.int64())
                               .to_numpy(zero_copy_only=False), np.int64)
+        if info is not None:
+            info["naive_tz"] = tz
         return _naive_to_utc_ns(col, tz)
     if pa.types.is_integer(t) or pa.types.is_floating(t):
         x = col.to_numpy(zero_copy_only=False)
@@ -329,12 +402,14 @@ def _timestamp_from_column(col: pa.ChunkedArray, name: str, tz: str, path, rows)
         return _epoch_to_ns(x)
     if pa.types.is_date(t):
         col = pc.cast(pc.cast(col, pa.date32()), pa.timestamp("s"))
+        if info is not None:
+            info["naive_tz"] = tz
         return _naive_to_utc_ns(col, tz)
     if pa.types.is_dictionary(t):
         col = col.dictionary_decode()
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
         col = pc.cast(col, pa.string())
-    return parse_time_strings(col, tz, path, rows, name)
+    return parse_time_strings(col, tz, path, rows, name, date_order, info)
 
 
 def _as_str(col) -> pa.Array:
@@ -353,7 +428,7 @@ def _as_str(col) -> pa.Array:
 
 
 def _table_to_chunk(table: pa.Table, path: Path, display: str, rows: np.ndarray, tz: str,
-                    synthetic: bool, meta: dict) -> RawChunk:
+                    synthetic: bool, meta: dict, date_order: str = "dmy") -> RawChunk:
     """Map columns (case-insensitively) and convert. `table` columns are named as in the file."""
     cols: dict[str, int] = {}
     for i, n in enumerate(table.column_names):
@@ -367,16 +442,17 @@ def _table_to_chunk(table: pa.Table, path: Path, display: str, rows: np.ndarray,
         return table.column(cols[name])
 
     missing = [c for c in PRICE_COLS if c not in cols]
+    info: dict = {}
     if "datetime" in cols:
-        ts = _timestamp_from_column(col("datetime"), "datetime", tz, display, rows)
+        ts = _timestamp_from_column(col("datetime"), "datetime", tz, display, rows, date_order, info)
     elif "timestamp" in cols:
-        ts = _timestamp_from_column(col("timestamp"), "timestamp", tz, display, rows)
+        ts = _timestamp_from_column(col("timestamp"), "timestamp", tz, display, rows, date_order, info)
     elif "date" in cols and "time" in cols:
         d, t = _as_str(col("date")), _as_str(col("time"))
         joined = pc.binary_join_element_wise(pc.utf8_trim_whitespace(d), pc.utf8_trim_whitespace(t), " ")
-        ts = parse_time_strings(joined, tz, display, rows, "date+time")
+        ts = parse_time_strings(joined, tz, display, rows, "date+time", date_order, info)
     elif "date" in cols:
-        ts = _timestamp_from_column(col("date"), "date", tz, display, rows)
+        ts = _timestamp_from_column(col("date"), "date", tz, display, rows, date_order, info)
     else:
         missing.insert(0, "datetime (or timestamp, or date+time)")
         ts = None
@@ -400,10 +476,10 @@ def _table_to_chunk(table: pa.Table, path: Path, display: str, rows: np.ndarray,
             raise FileError(display, "missing symbol", row=int(rows[i]),
                             symbols=sorted(set(s_np[s_np != ""].tolist())))
     return RawChunk(path=path, display=display, ts_utc=ts, volume=volume, oi=oi, rows=rows,
-                    symbols=symbols, synthetic=synthetic, meta=meta, **prices)
+                    symbols=symbols, synthetic=synthetic, meta=meta, ts_info=info, **prices)
 
 
-def read_text(path: Path, display: str, tz: str) -> RawChunk:
+def read_text(path: Path, display: str, tz: str, date_order: str = "dmy") -> RawChunk:
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -418,7 +494,16 @@ def read_text(path: Path, display: str, tz: str) -> RawChunk:
     fields = _split_line(line, delim)
     line_nos = _nonempty_line_numbers(data)
     header = _is_header(fields)
-    if header:
+    yf = _yfinance_header(text_head, delim) if header else None
+    if yf is not None:                 # yfinance >= 0.2.51: Price/Ticker/Datetime header lines
+        names, tickers = yf
+        if len(tickers) > 1:
+            raise FileError(display, f"yfinance export holds {len(tickers)} tickers ({', '.join(tickers)}): "
+                                     f"save one ticker per file")
+        col_names = [f"c{i}" for i in range(len(names))]
+        skip = 3
+        rows = line_nos[3:]
+    elif header:
         names = [f.strip() for f in fields]
         col_names = [f"c{i}" for i in range(len(names))]
         skip = 1
@@ -460,7 +545,7 @@ def read_text(path: Path, display: str, tz: str) -> RawChunk:
     if len(rows) != table.num_rows:  # quoted newlines or similar: fall back to row indices
         rows = np.arange(1 + skip, table.num_rows + 1 + skip, dtype=np.int64)
     try:
-        return _table_to_chunk(table, path, display, rows, tz, False, {})
+        return _table_to_chunk(table, path, display, rows, tz, False, {}, date_order)
     except FileError as e:
         if e.symbols is None and not header and _headerless_layout(fields) == "vendor":
             e.symbols = _salvage_symbols(data, delim)
@@ -473,7 +558,7 @@ def read_text(path: Path, display: str, tz: str) -> RawChunk:
         raise
 
 
-def read_parquet(path: Path, display: str, tz: str) -> RawChunk:
+def read_parquet(path: Path, display: str, tz: str, date_order: str = "dmy") -> RawChunk:
     try:
         pf = pq.ParquetFile(path)
         table = pf.read()
@@ -492,7 +577,7 @@ def read_parquet(path: Path, display: str, tz: str) -> RawChunk:
     synthetic = _truthy(meta.get("synthetic"))
     rows = np.arange(1, table.num_rows + 1, dtype=np.int64)
     try:
-        return _table_to_chunk(table, path, display, rows, tz, synthetic, meta)
+        return _table_to_chunk(table, path, display, rows, tz, synthetic, meta, date_order)
     except FileError as e:
         if e.symbols is None and "symbol" in [n.strip().lower() for n in table.column_names]:
             try:
@@ -515,7 +600,7 @@ def _truthy(v) -> bool:
     return bool(v)
 
 
-def read_file(path: Path, display: str, tz: str) -> RawChunk:
+def read_file(path: Path, display: str, tz: str, date_order: str = "dmy") -> RawChunk:
     if path.suffix.lower() in PARQUET_SUFFIXES:
-        return read_parquet(path, display, tz)
-    return read_text(path, display, tz)
+        return read_parquet(path, display, tz, date_order)
+    return read_text(path, display, tz, date_order)

@@ -187,6 +187,13 @@ def ensure_default_data(raw_dir="data/raw", processed_dir="data/processed", out=
     raw_dir, processed_dir = Path(raw_dir), Path(processed_dir)
     generated = False
     if not raw_dir.is_dir() or not list_raw_files(raw_dir):
+        others = sorted(p.name for p in raw_dir.iterdir() if not p.name.startswith(".")) if raw_dir.is_dir() else []
+        if others:
+            # The user's own folder with files we cannot read: say so rather than mix synthetic data into it.
+            from data_tools.readers import RAW_SUFFIXES
+            raise InputError(f"{raw_dir}: no readable raw data files (found {', '.join(others[:5])}"
+                             f"{', ...' if len(others) > 5 else ''}; readable: {', '.join(sorted(RAW_SUFFIXES))}); "
+                             f"convert them, or point --raw-data-dir at an empty or new folder for the synthetic default")
         paths = generate(raw_dir)
         generated = True
         if out is not None:

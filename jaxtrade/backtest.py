@@ -290,6 +290,13 @@ def backtest_many(market: Market, policies, config: BacktestConfig | None = None
                   ) -> list[BacktestResult]:
     """Backtest several policies on one market and split in one compiled program (same env, same keys)."""
     config = dataclasses.replace(config or BacktestConfig(), **overrides)
+    for policy in policies:
+        # A model trained for another position limit would have its actions silently re-read as other targets.
+        n = policy.num_actions
+        if n is not None and n != 2 * config.max_lots + 1:
+            raise InputError(f"{policy.source or policy.name}: the model has {n} actions (max lots {(n - 1) // 2}) "
+                             f"but --max-lots={config.max_lots} gives {2 * config.max_lots + 1}; pass "
+                             f"--max-lots {(n - 1) // 2}")
     t0 = time.perf_counter()
     params, cost_name = build_env(market, config)
     lo_bar, hi_bar = market.split_bars(config.split)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from jaxtrade.agents.ppo import PPOConfig
+from jaxtrade.data import SPLITS
 from jaxtrade.errors import InputError
 
 ON_FAIL = ("continue", "extend", "stop")
@@ -58,6 +59,9 @@ class RunConfig:
             raise InputError(f"--final_metric: {self.final_metric!r} is not one of {', '.join(FINAL_METRICS)}")
         if self.checkpoint_every < 1:
             raise InputError(f"--checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        for name in ("eval_split", "report_split"):  # checked now, not after hours of training
+            if getattr(self, name) not in SPLITS:
+                raise InputError(f"--{name}: unknown split {getattr(self, name)!r} (choose from {', '.join(SPLITS)})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,9 +190,21 @@ def coerce(value, kind: str, optional: bool, where: str):
     elif kind == "int":
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if isinstance(value, str):  # list items from a flag ("32,32")
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
     elif kind == "float":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # list items from a flag; YAML 1.1 reads `1e-4` (no dot) as text
+            try:
+                number = float(value.strip())
+            except ValueError:
+                number = None
+            if number is not None and number == number and abs(number) != float("inf"):
+                return number
     elif kind == "str":
         if isinstance(value, str):
             return value

@@ -41,6 +41,7 @@ class Policy:
     act: ActFn
     source: str | None = None
     description: str = ""
+    num_actions: int | None = None  # a trained model's action count (2 * max_lots + 1); None for baselines
 
 
 # ------------------------------------------------------------------------------------------ baselines
@@ -198,7 +199,10 @@ def _as_policy(obj: Any, name: str, source: str) -> Policy:
     except ImportError:
         pass
     if callable(obj):
-        return Policy(name, obj, source=source)
+        config = getattr(obj, "config", None)
+        network = config.get("network") if isinstance(config, dict) else None
+        num_actions = network.get("num_actions") if isinstance(network, dict) else None
+        return Policy(name, obj, source=source, num_actions=None if num_actions is None else int(num_actions))
     raise InputError(f"{source}: the loader returned {type(obj).__name__}, not a policy")
 
 

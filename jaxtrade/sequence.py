@@ -279,6 +279,34 @@ def _stage_dir(cfg: SequenceConfig, symbol: str, stage: str) -> Path:
     return Path(cfg.run.checkpoint_dir) / cfg.run.run_name / symbol / stage
 
 
+# The config groups a stage's training depends on (its gate is judged afresh from the record, not stored here).
+STAGE_SETTINGS = {"ppo": ("env", "ppo"), "moe": ("env", "ppo", "moe"), "maml": ("env", "ppo", "moe", "maml")}
+
+
+def stage_settings(cfg: SequenceConfig, stage: str) -> dict:
+    """What trained `stage`, JSON-normalised: its config groups less `num_iterations` (a larger budget is not a
+    different run), the seed and, after stage 1, transfer_learning."""
+    settings: dict[str, Any] = {"seed": cfg.run.seed}
+    if stage != "ppo":
+        settings["transfer_learning"] = cfg.run.transfer_learning
+    for group in STAGE_SETTINGS[stage]:
+        fields = dataclasses.asdict(cfg.groups[group])
+        fields.pop("num_iterations", None)
+        settings[group] = fields
+    return json.loads(json.dumps(_json_safe(settings)))
+
+
+def _settings_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _settings_diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"--{prefix}{k} {a!r} -> {b!r}")
+    return out
+
+
 def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev: dict | None, key) -> dict:
     """Train (or resume, or skip) one stage; returns its record for summary.json plus params/network."""
     from jaxtrade.checkpoints import StageCheckpointer
@@ -305,8 +333,14 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev: dict | 
         target, done, lr_scale, extended, wall = runner.iterations, 0, 1.0, 0, 0.0
         meta: dict[str, Any] = {}
         latest = ckpt.latest_step() if ckpt else None
+        settings = stage_settings(cfg, stage)
         if latest is not None:
             meta = ckpt.restore_meta(latest)
+            if meta.get("settings") is not None and meta["settings"] != settings:
+                diffs = _settings_diff(meta["settings"], settings)
+                raise InputError(f"{symbol} {stage}: {directory} was trained with other settings "
+                                 f"({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}); pass --overwrite to "
+                                 f"retrain it, or use another --run_name")
             lr_scale = float(meta.get("lr_scale", 1.0))
             if lr_scale != 1.0:
                 runner = dataclasses.replace(runner, trainer=runner.rebuild(lr_scale))
@@ -314,6 +348,10 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev: dict | 
             rs = restored["runner"]
             done, target = int(meta["iteration"]), int(meta["target_iterations"])
             extended, wall = int(meta.get("extended", 0)), float(meta.get("wall_s", 0.0))
+            if runner.iterations != int(meta.get("planned_iterations", runner.iterations)):
+                logging.warning("%s %s: the checkpoint was planned for %s iterations; --%s.num_iterations=%d is "
+                                "not applied to it (--overwrite retrains)", symbol, stage,
+                                meta.get("planned_iterations"), stage, runner.iterations)
             if meta.get("complete"):
                 logging.info("%s %s: finished earlier (%d iterations); skipping (--overwrite retrains)", symbol, stage,
                              done)
@@ -323,6 +361,7 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev: dict | 
             logging.info("%s %s: resuming from checkpoint at iteration %d of %d", symbol, stage, done, target)
         elif not cfg.run.overwrite and jsonl.exists():
             jsonl.unlink()  # a stale log from a run that never checkpointed
+        planned = int(meta.get("planned_iterations", runner.iterations)) if meta else runner.iterations
         logger_box["logger"] = StageLogger(symbol, stage, target, jsonl)
 
         def save(complete: bool, record: dict | None = None):
@@ -332,7 +371,8 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev: dict | 
             # policy (run_backtest.py --model DIR, experiments.adapt) restore them without a template.
             ckpt.save(done, {"params": runner.params_of(rs), "runner": rs}, {"iteration": done, "target_iterations": target, "complete": complete,
                                  "lr_scale": lr_scale, "extended": extended, "wall_s": wall, "stage": stage,
-                                 "symbol": symbol, "network": network_config(runner.network), "record": record})
+                                 "symbol": symbol, "network": network_config(runner.network), "record": record,
+                                 "settings": settings, "planned_iterations": planned})
 
         while True:
             while done < target:
@@ -369,7 +409,7 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev: dict | 
             "env_steps": int(done * runner.env_steps_per_iteration), "validation_split": cfg.run.eval_split,
             "validation": vmetrics, "gate": dataclasses.asdict(gate) if gate is not None else None,
             "gate_passed": bool(passed), "gate_failures": reasons, "learning_rate_scale": lr_scale,
-            "checkpoint": str(directory),
+            "checkpoint": str(directory), "settings": settings,
         }
         extra = getattr(runner.trainer, "summary_extras", None)
         if extra is not None:
@@ -458,6 +498,25 @@ def resolve_symbols(cfg: SequenceConfig, out=sys.stdout) -> list[str]:
     return wanted
 
 
+def _finished_stage(cfg: SequenceConfig, symbol: str, stage: str):
+    """(record, network, params) of a stage an earlier command finished in this run directory, else None."""
+    from jaxtrade.checkpoints import restore_params
+    from jaxtrade.export import network_from_config
+
+    directory = _stage_dir(cfg, symbol, stage)
+    if not directory.is_dir() or not any(directory.iterdir()):
+        return None
+    try:
+        params, meta = restore_params(directory)
+        if not meta.get("complete") or not meta.get("record") or not meta.get("network"):
+            return None
+        return dict(meta["record"]), network_from_config(meta["network"]), params
+    except Exception as e:  # an unreadable old checkpoint must not stop this run; it just does not compete
+        logging.warning("%s %s: cannot read the earlier checkpoint in %s (%s); it is not considered for the "
+                        "final model", symbol, stage, directory, e)
+        return None
+
+
 def select_final(records: dict[str, dict], metric: str) -> tuple[str, str]:
     """The best stage on validation by `metric` (higher is better; null ranks last). Returns (stage, why)."""
     def value(stage):
@@ -530,11 +589,19 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
                           f"again to go on to {cfg.run.stages[j + 1]}.\n")
                 break
         if records and cfg.run.keep_best_models:
-            best, why = select_final(records, cfg.run.final_metric)
-            network, params = stage_models[symbol][best]
+            # Stages finished by an earlier command (say `--stages ppo,moe,maml`, then `--stages ppo`) compete too:
+            # the final model is the best of every finished stage, not of this command's.
+            candidates, earlier = dict(records), {}
+            for stage in STAGE_FILES:
+                if stage not in candidates:
+                    found = _finished_stage(cfg, symbol, stage)
+                    if found is not None:
+                        candidates[stage], earlier[stage] = found[0], found[1:]
+            best, why = select_final(candidates, cfg.run.final_metric)
+            network, params = stage_models[symbol][best] if best in stage_models[symbol] else earlier[best]
             path = models_dir / f"{symbol}_final_model.pth"
             export.export_pth(path, params, network, symbol=symbol, stage="final", obs_names=list(E.OBS_NAMES),
-                              scaler=ctx.market.scaler.to_dict(), metrics=records[best]["validation"],
+                              scaler=ctx.market.scaler.to_dict(), metrics=candidates[best]["validation"],
                               extra={"selected_stage": best, "why": why})
             summary["final_model"] = {"stage": best, "metric": cfg.run.final_metric, "why": why,
                                       "file": str(path)}

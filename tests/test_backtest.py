@@ -285,3 +285,11 @@ def test_float32_market_is_refused(tmp_path):
     m = load_market(tmp_path, "NIFTY_15", price_dtype=jnp.float32)
     with pytest.raises(ValueError, match="float64"):
         B.backtest(m, P.flat())
+
+
+def test_model_trained_for_other_max_lots_is_refused(market):
+    # A 3-action model (max lots 1) under max_lots=2 would have its actions re-read as -2..0 lots.
+    model = P.Policy("model", lambda key, obs: jnp.int32(2), source="m.pth", num_actions=3)
+    with pytest.raises(InputError, match=r"m\.pth: the model has 3 actions \(max lots 1\) but --max-lots=2"):
+        B.backtest(market, model, B.BacktestConfig(max_lots=2))
+    assert B.backtest(market, model, B.BacktestConfig(max_lots=1)).metrics is not None

@@ -278,6 +278,116 @@ def test_date_and_time_columns(tmp_path):
     assert hhmm(t) == ["2024-01-02 09:15", "2024-01-02 09:16", "2024-01-02 09:17"]
 
 
+def yf_multiheader_csv(tickers=("^NSEI",), first="Datetime"):
+    """yfinance >= 0.2.51: Price/Ticker/Datetime header lines, columns Close,High,Low,Open,Volume."""
+    cols = ["Close", "High", "Low", "Open", "Volume"]
+    lines = ["Price," + ",".join(c for c in cols for _ in tickers),
+             "Ticker," + ",".join(t for _ in cols for t in tickers),
+             first + "," * (len(cols) * len(tickers))]
+    for k in range(3):
+        o, h, l, c, v = bar(k)
+        vals = {"Open": o, "High": h, "Low": l, "Close": c, "Volume": v}
+        lines.append(f"2024-01-08 09:{15 + k}:00+05:30," + ",".join(str(vals[c_]) for c_ in cols for _ in tickers))
+    return "\n".join(lines) + "\n"
+
+
+def test_yfinance_multiline_header(tmp_path):
+    write(tmp_path / "raw" / "NSEI.csv", yf_multiheader_csv())
+    write(tmp_path / "raw" / "DATE.csv", yf_multiheader_csv(first="Date"))
+    res, out, err = process(tmp_path)
+    assert res.ok, err
+    for name in ("NSEI", "DATE"):
+        t, _ = load(tmp_path / "processed" / f"{name}.parquet")
+        assert hhmm(t) == ["2024-01-08 09:15", "2024-01-08 09:16", "2024-01-08 09:17"]
+        assert t["open"].to_pylist() == [100.0, 101.0, 102.0]
+        assert t["high"].to_pylist() == [101.0, 102.0, 103.0]
+        assert t["low"].to_pylist() == [99.5, 100.5, 101.5]
+        assert t["close"].to_pylist() == [100.5, 101.5, 102.5]
+        assert t["volume"].to_pylist() == [10.0, 20.0, 30.0]
+    # several tickers in one export: one line naming the file, not a silent pick of the first
+    stale = bad_case(tmp_path, "TWO.csv", yf_multiheader_csv(("^NSEI", "^NSEBANK")))
+    p = run_proc(tmp_path)
+    assert p.returncode == 2
+    line = one_line(p)
+    assert "TWO.csv" in line and "2 tickers" in line and "^NSEBANK" in line
+    assert not stale.exists()
+
+
+def utc_day_csv(days=("2024-01-02", "2024-01-03", "2024-01-04")):
+    """1-minute bars 03:45 .. 09:59 naive: the NSE session in UTC."""
+    lines = ["datetime,open,high,low,close,volume"]
+    for d in days:
+        for k in range(375):
+            m = 3 * 60 + 45 + k
+            lines.append(f"{d} {m // 60:02d}:{m % 60:02d}:00,100,101,99,100.5,1")
+    return "\n".join(lines) + "\n"
+
+
+def test_naive_utc_outside_session_warns(tmp_path):
+    write(tmp_path / "raw" / "U.csv", utc_day_csv())
+    p = run_proc(tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "rows in 1,125 -> rows out 135" in p.stdout
+    assert ("warning: 88% of rows fall outside 09:15-15:30 IST; if the timestamps are not IST, "
+            "pass --source-tz UTC") in p.stdout
+    p = run_proc(tmp_path, "--source-tz", "UTC")
+    assert p.returncode == 0, p.stderr
+    assert "rows in 1,125 -> rows out 1,125" in p.stdout and "warning" not in p.stdout
+    # the zone given but still mostly outside: the warning names the zone used
+    res, out, err = process(tmp_path, source_tz="America/New_York")
+    assert res.ok and "timestamps without a zone were read as America/New_York" in out
+    # a few pre-open/post-close bars (the vendor files) do not warn
+    write_vendor(tmp_path / "raw2")
+    buf = io.StringIO()
+    assert process_directory(tmp_path / "raw2", tmp_path / "p2", out=buf, err=io.StringIO()).ok
+    assert "warning" not in buf.getvalue()
+
+
+def slash_dates_csv(days, hour=9):
+    lines = ["Date,Open,High,Low,Close"]
+    for d in days:
+        for k in range(3):
+            o, h, l, c, v = bar(k)
+            lines.append(f"{d} {hour}:{15 + k},{o},{h},{l},{c}")
+    return "\n".join(lines) + "\n"
+
+
+def test_day_month_dates_layout_and_ambiguity(tmp_path):
+    write(tmp_path / "raw" / "A.csv", slash_dates_csv(["1/8/2024", "1/9/2024", "1/10/2024"]))
+    write(tmp_path / "raw" / "B.csv", slash_dates_csv(["15-01-2024", "16-01-2024"]))
+    res, out, err = process(tmp_path)
+    assert res.ok, err
+    a, b = out.split("\nB\n")
+    assert "dates: read day-first (DD/MM/YYYY)" in a
+    assert "could be month-first (MM/DD/YYYY)" in a and "pass --date-order mdy" in a
+    t, _ = load(tmp_path / "processed" / "A.parquet")
+    assert hhmm(t)[::3] == ["2024-08-01 09:15", "2024-09-01 09:15", "2024-10-01 09:15"]
+    assert "dates: read day-first (DD-MM-YYYY)" in b and "warning" not in b      # day 15: not ambiguous
+    # --date-order mdy, via the CLI
+    (tmp_path / "raw" / "B.csv").unlink()
+    p = run_proc(tmp_path, "--date-order", "mdy")
+    assert p.returncode == 0, p.stderr
+    assert "dates: read month-first (MM/DD/YYYY)" in p.stdout and "--date-order dmy" in p.stdout
+    t, _ = load(tmp_path / "processed" / "A.parquet")
+    assert hhmm(t)[::3] == ["2024-01-08 09:15", "2024-01-09 09:15", "2024-01-10 09:15"]
+    # ISO dates say nothing
+    write(tmp_path / "iso" / "raw" / "I.csv", yf_csv(""))
+    res, out, err = process(tmp_path / "iso")
+    assert res.ok and "dates:" not in out and "warning" not in out
+
+
+def test_day_month_dates_wrong_order_and_bad_flag_cli(tmp_path):
+    write(tmp_path / "raw" / "M.csv", slash_dates_csv(["1/13/2024", "1/14/2024"]))
+    p = run_proc(tmp_path)
+    assert p.returncode == 2
+    line = one_line(p)
+    assert "M.csv row 2" in line and "unparseable timestamp" in line and "pass --date-order mdy" in line
+    p = run_proc(tmp_path, "--date-order", "ymd")
+    assert p.returncode == 2 and one_line(p)
+    with pytest.raises(InputError):
+        process_directory(tmp_path / "raw", tmp_path / "p", out=None, err=None, date_order="ymd")
+
+
 # -------------------------------------------------------------------------------------------------- Parquet
 
 def parquet_fixture(path, ts_array, meta=None):

@@ -253,3 +253,57 @@ def test_three_stages_end_to_end(market_dir):
     assert final["stage"] == ranked[0]
     report = (tmp / "reports" / "t_report.txt").read_text()
     assert "Expert leading each market condition" in report and "maml" in report
+
+
+def test_rerun_with_other_settings_is_refused_and_budget_change_warns(market_dir, caplog):
+    tmp = market_dir
+    S.run_sequence(tiny_config(tmp, generate_reports=False), out=open("/dev/null", "w"))
+    with pytest.raises(InputError, match=r"ppo.*other settings.*--ppo\.hidden_sizes \[64, 64\] -> \[32, 32\].*--overwrite"):
+        S.run_sequence(tiny_config(tmp, generate_reports=False, **{"ppo.hidden_sizes": (32, 32)}),
+                       out=open("/dev/null", "w"))
+    with pytest.raises(InputError, match=r"--ppo\.learning_rate"):
+        S.run_sequence(tiny_config(tmp, generate_reports=False, **{"ppo.learning_rate": 3e-4}),
+                       out=open("/dev/null", "w"))
+    # A different iteration budget is the same run: skipped, with a warning that the budget is not applied.
+    with caplog.at_level("WARNING"):
+        S.run_sequence(tiny_config(tmp, generate_reports=False, **{"ppo.num_iterations": 9}),
+                       out=open("/dev/null", "w"))
+    assert any("num_iterations=9 is not applied" in r.getMessage() for r in caplog.records)
+    summary = json.loads((tmp / "ck" / "t" / "NIFTY_5" / "summary.json").read_text())
+    assert summary["stages"]["ppo"]["iterations"] == 4
+    assert summary["stages"]["ppo"]["settings"]["ppo"]["hidden_sizes"] == [64, 64]
+    # --overwrite retrains with the new settings.
+    S.run_sequence(tiny_config(tmp, generate_reports=False, overwrite=True, **{"ppo.hidden_sizes": (32, 32)}),
+                   out=open("/dev/null", "w"))
+
+
+def test_final_model_competes_across_earlier_commands(market_dir, monkeypatch):
+    tmp = market_dir
+    cfg = tiny_config(tmp, stages=("ppo", "moe"), generate_reports=False,
+                      **{"moe.num_iterations": 2, "moe.expert_hidden_dim": 64, "moe_gate.min_iterations": 0})
+    # Make the MoE stage the best on validation whatever the tiny runs learn.
+    real_select = S.select_final
+    monkeypatch.setattr(S, "select_final", lambda records, metric: (
+        ("moe", "forced") if "moe" in records else real_select(records, metric)))
+    S.run_sequence(cfg, out=open("/dev/null", "w"))
+    summary_path = tmp / "ck" / "t" / "NIFTY_5" / "summary.json"
+    assert json.loads(summary_path.read_text())["final_model"]["stage"] == "moe"
+    moe_bytes = (tmp / "ck" / "t" / "models" / "NIFTY_5_final_model.pth").read_bytes()
+    # A later `--stages ppo` command must not replace the final model with PPO's.
+    S.run_sequence(C.apply_overrides(cfg, {"stages": ("ppo",)}), out=open("/dev/null", "w"))
+    assert json.loads(summary_path.read_text())["final_model"]["stage"] == "moe"
+    from jaxtrade import export
+    _, meta = export.load_pth(tmp / "ck" / "t" / "models" / "NIFTY_5_final_model.pth")
+    assert meta["network"]["architecture"] == "moe_actor_critic"
+    assert len(moe_bytes) > 0
+
+
+def test_list_and_numeric_text_values_coerce():
+    assert C.coerce("0.6,0.2,0.2", "list_float", False, "--env.split_fractions") == (0.6, 0.2, 0.2)
+    assert C.coerce("32,32", "list_int", False, "--ppo.hidden_sizes") == (32, 32)
+    assert C.coerce("1e-4", "float", False, "learning_rate") == 1e-4  # YAML 1.1 reads 1e-4 as text
+    for bad, kind in (("32,x", "list_int"), ("abc", "float"), ("nan", "float"), ("1.5", "int")):
+        with pytest.raises(InputError):
+            C.coerce(bad, kind, False, "--x")
+    with pytest.raises(InputError, match="--report_split"):
+        tiny_config(Path("/tmp"), report_split="bogus")

@@ -130,3 +130,14 @@ def test_synth_cli(tmp_path):
                         "--raw_data_dir", str(tmp_path / "r2")], cwd=REPO, capture_output=True, text=True,
                        env=env, timeout=60)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_ensure_default_data_leaves_a_folder_of_unreadable_files_alone(tmp_path):
+    from jaxtrade.errors import InputError
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "nifty.xlsx").write_bytes(b"PK\x03\x04")
+    with pytest.raises(InputError, match=r"no readable raw data files \(found nifty\.xlsx"):
+        ensure_default_data(raw, tmp_path / "processed", out=None)
+    assert sorted(p.name for p in raw.iterdir()) == ["nifty.xlsx"]  # no synthetic files mixed in
