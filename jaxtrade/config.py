@@ -235,11 +235,15 @@ def apply_overrides(config: SequenceConfig, overrides: Mapping[str, Any], where:
             run_changes[key] = value
     try:
         run = dataclasses.replace(config.run, **run_changes)
-        groups = dict(config.groups)
-        for group, changes in group_changes.items():
-            groups[group] = dataclasses.replace(groups[group], **changes)
     except (TypeError, ValueError) as e:
         raise InputError(f"{where}{e}") from None
+    groups = dict(config.groups)
+    for group, changes in group_changes.items():
+        try:
+            groups[group] = dataclasses.replace(groups[group], **changes)
+        except (TypeError, ValueError) as e:
+            # Name the flag the user typed (--ppo.learning_rate), not the dataclass field (PPOConfig.learning_rate).
+            raise InputError(f"{where}{str(e).replace(type(groups[group]).__name__ + '.', f'--{group}.')}") from None
     return SequenceConfig(run=run, groups=groups)
 
 

@@ -487,6 +487,11 @@ def resolve_symbols(cfg: SequenceConfig, out=sys.stdout) -> list[str]:
         if not raw.is_dir() or not any(raw.iterdir()) or set(wanted) <= defaults:
             ensure_default_data(raw, processed, out=out)
         have = set(D.list_symbols(processed))
+    cross = cfg.maml.cross_symbol
+    if "maml" in run.stages and cross and have and cross not in have:  # checked now, not after stages 1 and 2
+        raise InputError(f"--maml.cross_symbol: no processed data for {cross} in {processed} (available: "
+                         f"{', '.join(sorted(have))}); name one of them, or pass --maml.cross_symbol= for the "
+                         f"first other symbol")
     if wanted == ["all"]:
         if not have:
             raise InputError(f"{processed}: no processed symbols (run data_tools.process first)")

@@ -307,3 +307,11 @@ def test_list_and_numeric_text_values_coerce():
             C.coerce(bad, kind, False, "--x")
     with pytest.raises(InputError, match="--report_split"):
         tiny_config(Path("/tmp"), report_split="bogus")
+
+
+def test_settings_checked_before_any_training(market_dir):
+    cfg = tiny_config(market_dir, stages=("ppo", "moe", "maml"), **{"maml.cross_symbol": "Nifty_2"})
+    with pytest.raises(InputError, match=r"--maml\.cross_symbol: no processed data for Nifty_2 .*available: NIFTY_5"):
+        S.resolve_symbols(cfg, out=open("/dev/null", "w"))
+    with pytest.raises(InputError, match=r"^--ppo\.learning_rate must be > 0"):
+        tiny_config(market_dir, **{"ppo.learning_rate": -1.0})

@@ -69,6 +69,11 @@ class PPOConfig:
                 raise ValueError(f"PPOConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_iterations < 0 or self.log_every < 0:
             raise ValueError("PPOConfig.num_iterations and log_every must be >= 0")
+        if not self.learning_rate > 0:
+            raise ValueError(f"PPOConfig.learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1 or not self.clip_epsilon > 0:
+            raise ValueError(f"PPOConfig: need 0 < gamma <= 1, 0 <= gae_lambda <= 1, clip_epsilon > 0 (got gamma "
+                             f"{self.gamma}, gae_lambda {self.gae_lambda}, clip_epsilon {self.clip_epsilon})")
         if self.minibatch_size > self.batch_size:
             raise ValueError(f"PPOConfig.minibatch_size={self.minibatch_size} exceeds the rollout batch "
                              f"num_envs x num_steps = {self.batch_size}")
