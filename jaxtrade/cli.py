@@ -77,17 +77,41 @@ def die(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+HELP_ARGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull")
+
+
+def print_help(full: bool = False, stream=None) -> None:
+    """Every flag the command defines, grouped by module (absl's own flags too with `full`); exit code 0 is the
+    caller's: asking for help is not an error."""
+    stream = stream or sys.stdout
+    doc = (getattr(sys.modules.get("__main__"), "__doc__", None) or "").strip()
+    parts = [doc] if doc else []
+    for module in sorted(flags.FLAGS.flags_by_module_dict()):
+        if not full and module.startswith("absl"):
+            continue
+        parts.append(flags.FLAGS.module_help(module))
+    if not full:
+        parts.append("(--helpfull also lists absl's own logging flags)")
+    stream.write("\n\n".join(p for p in parts if p) + "\n")
+
+
 def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None,
         list_flags: Iterable[str] = ()) -> None:
     """`absl.app.run` with both flag spellings, one-line errors and the exit codes of DESIGN section 9."""
     argv = list(sys.argv if argv is None else argv)
     argv = normalize_argv(argv, list_flags)
+    if any(a in HELP_ARGS for a in argv[1:]):
+        print_help(full="--helpfull" in argv)
+        sys.exit(0)
 
     def parser(args):
         try:
             return flags.FLAGS(args)
         except flags.Error as e:
-            die(str(e).splitlines()[0] if str(e) else "bad flags")
+            message = str(e).splitlines()[0] if str(e) else "bad flags"
+            while message.upper().startswith("ERROR:"):  # absl's flagfile errors carry their own "ERROR::"
+                message = message[6:].lstrip(": ")
+            die(message)
 
     def guarded(args):
         quiet_library_logs()

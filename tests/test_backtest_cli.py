@@ -122,3 +122,14 @@ def test_fresh_directory_runs_on_the_synthetic_default(tmp_path):
     assert "SYNTHETIC" in r.stdout
     assert (tmp_path / "reports" / "backtest_report.txt").exists()
     assert (tmp_path / "reports" / "Nifty_2" / "metrics.json").exists()
+
+
+def test_help_lists_the_flags_and_exits_0():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "run_backtest.py"), "--help"], capture_output=True, text=True,
+                         cwd=root, timeout=120)
+    assert out.returncode == 0 and "--max_lots" in out.stdout and "--initial_capital" in out.stdout
