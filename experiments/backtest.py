@@ -121,11 +121,17 @@ def _symbols(processed_dir: Path) -> list[str]:
         return available
     if "all" in [s.lower() for s in F.symbols]:
         raise InputError("--symbols: 'all' cannot be combined with symbol names")
-    missing = [s for s in F.symbols if s not in available]
+    by_lower: dict[str, list[str]] = {}
+    for name in available:
+        by_lower.setdefault(name.lower(), []).append(name)
+    # `--symbols nifty` names NIFTY when that is the only match in another case (data_tools.process upper-cases).
+    wanted = [s if s in available or len(by_lower.get(s.lower(), [])) != 1 else by_lower[s.lower()][0]
+              for s in F.symbols]
+    missing = [s for s in wanted if s not in available]
     if missing:
         raise InputError(f"--symbols: no processed data for {', '.join(missing)} in {processed_dir} "
                          f"(available: {', '.join(available) or 'none'})")
-    return list(dict.fromkeys(F.symbols))
+    return list(dict.fromkeys(wanted))
 
 
 def _choose_policy(market, shared_model):

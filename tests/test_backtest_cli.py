@@ -133,3 +133,10 @@ def test_help_lists_the_flags_and_exits_0():
     out = subprocess.run([sys.executable, str(root / "run_backtest.py"), "--help"], capture_output=True, text=True,
                          cwd=root, timeout=120)
     assert out.returncode == 0 and "--max_lots" in out.stdout and "--initial_capital" in out.stdout
+
+
+def test_symbols_match_in_another_case(data_dir, tmp_path):
+    out = run(["--processed-data-dir", str(data_dir), "--symbols", "nifty_15", "--policy", "flat",
+               "--output-dir", str(tmp_path / "o")])
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "o" / "NIFTY_15" / "metrics.json").exists()
