@@ -18,11 +18,24 @@ from absl import app, flags, logging
 from jaxtrade.errors import GateFailure, InputError
 
 
-def normalize_argv(argv: Sequence[str], list_flags: Iterable[str] = ()) -> list[str]:
+def _read_flagfile(path: str, depth: int) -> list[str]:
+    """The flags of a flagfile, one per line (blank lines and `#` / `//` comments skipped)."""
+    if depth > 10:
+        die(f"--flagfile: {path}: flagfiles nested more than 10 deep (a cycle?)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [line.strip() for line in f]
+    except OSError as e:
+        die(f"--flagfile: cannot open {path} ({e.strerror or e})")
+    return [line for line in lines if line and not line.startswith(("#", "//"))]
+
+
+def normalize_argv(argv: Sequence[str], list_flags: Iterable[str] = (), _depth: int = 0) -> list[str]:
     """Rewrite argv so that absl can parse it.
 
     `--foo-bar=x` -> `--foo_bar=x` (both spellings accepted), and for each name in `list_flags`,
-    `--symbols A B C` -> `--symbols=A,B,C` (the seed's argparse `nargs='+'` style).
+    `--symbols A B C` -> `--symbols=A,B,C` (the seed's argparse `nargs='+'` style). `--flagfile=F` is expanded
+    in place (so both spellings work inside flagfiles too; later flags still override earlier ones).
     """
     list_flags = {name.replace("-", "_") for name in list_flags}
     out: list[str] = [argv[0]] if argv else []
@@ -35,6 +48,15 @@ def normalize_argv(argv: Sequence[str], list_flags: Iterable[str] = ()) -> list[
         if tok.startswith("--") and len(tok) > 2:
             name, eq, value = tok[2:].partition("=")
             name = name.replace("-", "_")
+            if name == "flagfile":
+                if not eq:
+                    if i + 1 >= len(argv):
+                        die("--flagfile: missing file name")
+                    value, i = argv[i + 1], i + 1
+                for path in (v for v in value.split(",") if v):
+                    out.extend(normalize_argv(["-"] + _read_flagfile(path, _depth), list_flags, _depth + 1)[1:])
+                i += 1
+                continue
             if name in list_flags and not eq:
                 values = []
                 j = i + 1

@@ -315,3 +315,15 @@ def test_settings_checked_before_any_training(market_dir):
         S.resolve_symbols(cfg, out=open("/dev/null", "w"))
     with pytest.raises(InputError, match=r"^--ppo\.learning_rate must be > 0"):
         tiny_config(market_dir, **{"ppo.learning_rate": -1.0})
+
+
+def test_flagfiles_accept_both_spellings_and_nest(tmp_path):
+    from jaxtrade.cli import normalize_argv
+
+    inner = tmp_path / "inner.flags"
+    inner.write_text("// nested\n--ppo.num-envs=8\n")
+    outer = tmp_path / "outer.flags"
+    outer.write_text(f"# a comment\n--processed-data-dir=/data\n\n--flagfile={inner}\n--seed=3\n")
+    argv = normalize_argv(["prog", f"--flagfile={outer}", "--seed", "4", "--symbols", "A", "B"], ["symbols"])
+    assert argv == ["prog", "--processed_data_dir=/data", "--ppo.num_envs=8", "--seed=3", "--seed", "4",
+                    "--symbols=A,B"]
