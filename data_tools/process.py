@@ -467,6 +467,9 @@ def process_directory(raw_dir, processed_dir, symbols=None, bar_minutes=None, ba
             raise InputError(f"--bar-minutes must be between 1 and 375, not {bar_minutes}")
     check_tz(source_tz)
     check_date_order(date_order)
+    if raw_dir.exists() and processed_dir.exists() and raw_dir.resolve() == processed_dir.resolve():
+        # Processed Parquet files would be read back as raw input on the next run.
+        raise InputError(f"--processed-data-dir {processed_dir} is the raw data directory; use a separate folder")
     if not raw_dir.exists():
         raise InputError(f"{raw_dir}: raw data directory not found")
     if not raw_dir.is_dir():

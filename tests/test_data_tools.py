@@ -588,3 +588,9 @@ def test_real_vendor_directory(tmp_path):
     days = (t["timestamp"].cast(pa.int64()).to_numpy() // 10**9 + 19_800) // 86_400
     outage = (np.datetime64("2021-02-24") - np.datetime64("1970-01-01")).astype(int)
     assert 50 <= int((days == outage).sum()) <= 56
+
+
+def test_same_raw_and_processed_directory_is_refused(tmp_path):
+    (tmp_path / "X.csv").write_text("timestamp,open,high,low,close\n")
+    with pytest.raises(InputError, match="is the raw data directory"):
+        process_directory(tmp_path, tmp_path, out=None, err=None)
