@@ -93,8 +93,11 @@ def main(argv) -> int:
         raise InputError(f"--split_fractions: expected numbers, got {FLAGS.split_fractions}") from None
     cfg = maml.MAMLConfig()
     steps = cfg.inner_loop_steps if FLAGS.steps is None else FLAGS.steps
-    if steps < 0:
-        raise InputError(f"--steps must be >= 0, got {steps}")
+    if steps < 1:
+        raise InputError(f"--steps must be >= 1 (adaptation steps), got {steps}")
+    from jaxtrade.data import SPLITS
+    if FLAGS.split not in SPLITS:
+        raise InputError(f"--split: unknown split {FLAGS.split!r} (choose from {', '.join(SPLITS)})")
     lr = cfg.inner_learning_rate if FLAGS.inner_learning_rate is None else FLAGS.inner_learning_rate
     cfg = cfg.replace(inner_loop_steps=steps, inner_learning_rate=lr, support_num_envs=FLAGS.support_num_envs,
                       support_num_steps=FLAGS.support_num_steps)
