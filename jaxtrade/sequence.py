@@ -515,6 +515,10 @@ def _finished_stage(cfg: SequenceConfig, symbol: str, stage: str):
         params, meta = restore_params(directory)
         if not meta.get("complete") or not meta.get("record") or not meta.get("network"):
             return None
+        if meta.get("settings") is not None and meta["settings"] != stage_settings(cfg, stage):
+            logging.info("%s %s: the finished stage in %s was trained with other settings; it is not considered "
+                         "for the final model", symbol, stage, directory)
+            return None
         return dict(meta["record"]), network_from_config(meta["network"]), params
     except Exception as e:  # an unreadable old checkpoint must not stop this run; it just does not compete
         logging.warning("%s %s: cannot read the earlier checkpoint in %s (%s); it is not considered for the "
