@@ -38,14 +38,10 @@ COMMANDS = ("env", "ppo", "maml", "moe")
 def bench_env(argv) -> None:
     """Env steps/s with random actions at N = 1, 256, 4096, 16384 (experiments/bench_env.py)."""
     from experiments.bench_env import DEFAULT_SIZES, bench_env as run_env_bench
-    from jaxtrade.data import list_symbols, load_market
 
-    market, symbol = None, None
+    market, symbol = None, None  # None: bench_env's own synthetic market
     if FLAGS.processed_data_dir:
-        symbol = FLAGS.symbol or (list_symbols(FLAGS.processed_data_dir) or [None])[0]
-        if symbol is None:
-            raise cli.InputError(f"{FLAGS.processed_data_dir}: no processed symbols")
-        market = load_market(FLAGS.processed_data_dir, symbol)
+        symbol, market = _bench_market("")
     sizes = [FLAGS.num_envs] if FLAGS.num_envs else DEFAULT_SIZES
     run_env_bench(market, sizes=sizes, repeats=max(FLAGS.repeats, 1) if FLAGS["repeats"].present else 5,
                   symbol=symbol)
@@ -93,20 +89,26 @@ def _ppo_configs():
     }
 
 
-def _training_bench_setup(tmp: str):
-    """(symbol, market, train env params, the selected `_ppo_configs`) for the training benches: the market
-    from --processed_data_dir/--symbol, else a synthetic one written into `tmp`."""
-    from jaxtrade import env as trading_env
+def _bench_market(tmp: str):
+    """(symbol, market): --processed_data_dir/--symbol (first symbol by default), else a synthetic market
+    written into `tmp`."""
     from jaxtrade.data import list_symbols, load_market
 
     if FLAGS.processed_data_dir:
         symbol = FLAGS.symbol or (list_symbols(FLAGS.processed_data_dir) or [None])[0]
         if symbol is None:
             raise cli.InputError(f"{FLAGS.processed_data_dir}: no processed symbols")
-        market = load_market(FLAGS.processed_data_dir, symbol)
-    else:
-        symbol = _synthetic_market_dir(tmp)
-        market = load_market(tmp, symbol)
+        return symbol, load_market(FLAGS.processed_data_dir, symbol)
+    symbol = _synthetic_market_dir(tmp)
+    return symbol, load_market(tmp, symbol)
+
+
+def _training_bench_setup(tmp: str):
+    """(symbol, market, train env params, the selected `_ppo_configs`) for the training benches: the market
+    from --processed_data_dir/--symbol, else a synthetic one written into `tmp`."""
+    from jaxtrade import env as trading_env
+
+    symbol, market = _bench_market(tmp)
     configs = _ppo_configs()
     unknown = [c for c in FLAGS.configs if c not in configs]
     if unknown:
@@ -161,17 +163,9 @@ def bench_maml(argv) -> None:
     from jaxtrade import env as trading_env
     from jaxtrade.agents import maml
     from jaxtrade.agents.ppo import PPOConfig
-    from jaxtrade.data import list_symbols, load_market
 
     with tempfile.TemporaryDirectory() as tmp:
-        if FLAGS.processed_data_dir:
-            symbol = FLAGS.symbol or (list_symbols(FLAGS.processed_data_dir) or [None])[0]
-            if symbol is None:
-                raise cli.InputError(f"{FLAGS.processed_data_dir}: no processed symbols")
-            market = load_market(FLAGS.processed_data_dir, symbol)
-        else:
-            symbol = _synthetic_market_dir(tmp)
-            market = load_market(tmp, symbol)
+        symbol, market = _bench_market(tmp)
         env_params = trading_env.make_params(market, "train")
         device = jax.devices()[0]
         iters = FLAGS.iterations or 3
