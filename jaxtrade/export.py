@@ -62,6 +62,13 @@ def _jaxtrade_version() -> str:
         return "unknown"
 
 
+def torch_available() -> bool:
+    """Whether PyTorch (the optional `torch` extra) can be imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
 def _import_torch():
     try:
         import torch

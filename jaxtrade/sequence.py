@@ -551,6 +551,15 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
 
     t_start = time.perf_counter()
     symbols = resolve_symbols(cfg, out=out)
+    # torch is an optional extra: without it the run trains, checkpoints (Orbax) and reports, and says that the
+    # PyTorch exports were skipped instead of failing after the first stage.
+    can_export = export.torch_available()
+    if not can_export and (cfg.run.save_stage_models or cfg.run.keep_best_models):
+        msg = (f"PyTorch is not installed: the .pth exports are skipped (Orbax checkpoints and reports are still "
+               f"written; `run_backtest.py --model DIR` reads a stage's checkpoint directory). For the .pth files: "
+               f"{export.TORCH_HINT}")
+        logging.warning("%s", msg)
+        out.write(f"note: {msg}\n")
     run_dir = Path(cfg.run.checkpoint_dir) / cfg.run.run_name
     models_dir = run_dir / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -581,7 +590,7 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
             records[stage] = rec
             summary["stages"][stage] = rec
             stage_models[symbol][stage] = (result["network"], result["params"])
-            if cfg.run.save_stage_models:
+            if cfg.run.save_stage_models and can_export:
                 path = models_dir / f"{symbol}_{STAGE_FILES[stage]}.pth"
                 export.export_pth(path, result["params"], result["network"], symbol=symbol, stage=stage,
                                   obs_names=list(E.OBS_NAMES), scaler=ctx.market.scaler.to_dict(),
@@ -609,14 +618,17 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
             best, why = select_final(candidates, cfg.run.final_metric)
             network, params = stage_models[symbol][best] if best in stage_models[symbol] else earlier[best]
             path = models_dir / f"{symbol}_final_model.pth"
-            export.export_pth(path, params, network, symbol=symbol, stage="final", obs_names=list(E.OBS_NAMES),
-                              scaler=ctx.market.scaler.to_dict(), metrics=candidates[best]["validation"],
-                              extra={"selected_stage": best, "why": why})
+            if can_export:
+                export.export_pth(path, params, network, symbol=symbol, stage="final", obs_names=list(E.OBS_NAMES),
+                                  scaler=ctx.market.scaler.to_dict(), metrics=candidates[best]["validation"],
+                                  extra={"selected_stage": best, "why": why})
             summary["final_model"] = {"stage": best, "metric": cfg.run.final_metric, "why": why,
-                                      "file": str(path)}
+                                      "file": str(path) if can_export else None,
+                                      "checkpoint": candidates[best].get("checkpoint")}
             final_models[symbol] = (network, params, best)
             _write_json_atomic(summary_path, summary)
-            out.write(f"{symbol}: final model = {best} stage ({why}) -> {path}\n")
+            where = path if can_export else f"{candidates[best].get('checkpoint')} (Orbax; no .pth without PyTorch)"
+            out.write(f"{symbol}: final model = {best} stage ({why}) -> {where}\n")
     if cfg.run.generate_reports and final_models:
         report_path = write_report(cfg, contexts, stage_models, final_models, out)
         out.write(f"report: {report_path}\n")

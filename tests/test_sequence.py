@@ -325,3 +325,16 @@ def test_flagfiles_accept_both_spellings_and_nest(tmp_path):
     argv = normalize_argv(["prog", f"--flagfile={outer}", "--seed", "4", "--symbols", "A", "B"], ["symbols"])
     assert argv == ["prog", "--processed_data_dir=/data", "--ppo.num_envs=8", "--seed=3", "--seed", "4",
                     "--symbols=A,B"]
+
+
+def test_without_torch_the_sequence_runs_and_skips_pth(market_dir, monkeypatch):
+    from jaxtrade import export
+
+    monkeypatch.setattr(export, "torch_available", lambda: False)
+    buf = __import__("io").StringIO()
+    S.run_sequence(tiny_config(market_dir), out=buf)
+    assert "the .pth exports are skipped" in buf.getvalue()
+    assert not list((market_dir / "ck" / "t" / "models").glob("*.pth"))
+    summary = json.loads((market_dir / "ck" / "t" / "NIFTY_5" / "summary.json").read_text())
+    assert summary["final_model"]["stage"] == "ppo" and summary["final_model"]["file"] is None
+    assert (market_dir / "reports" / "t_report.txt").exists()
