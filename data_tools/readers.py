@@ -523,7 +523,8 @@ def read_text(path: Path, display: str, tz: str, date_order: str = "dmy") -> Raw
     try:
         table = pacsv.read_csv(
             io.BytesIO(data),
-            read_options=pacsv.ReadOptions(column_names=col_names, skip_rows=skip, block_size=1 << 24),
+            read_options=pacsv.ReadOptions(column_names=col_names, skip_rows=skip, block_size=1 << 24,
+                                             use_threads=False),
             parse_options=pacsv.ParseOptions(delimiter=delim),
             convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in col_names},
                                                  strings_can_be_null=True, quoted_strings_can_be_null=True),

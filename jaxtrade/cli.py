@@ -8,8 +8,11 @@ code 2 and one line for bad flags or bad input.
 
 from __future__ import annotations
 
+import atexit
 import logging as logging_std
+import os
 import sys
+import threading
 import traceback
 from typing import Callable, Iterable, Sequence
 
@@ -78,11 +81,16 @@ def normalize_argv(argv: Sequence[str], list_flags: Iterable[str] = (), _depth: 
 
 
 class _QuietLibraries(logging_std.Filter):
-    """Drop INFO/DEBUG records from Orbax and JAX internals: our progress lines stay readable."""
+    """Drop INFO/DEBUG records from Orbax and JAX internals: our progress lines stay readable. Matplotlib's
+    font-cache notes ("generated new fontManager", "building the font cache", on the first plot of a fresh
+    machine) are dropped below ERROR: they are not about the user's run."""
 
     NOISY = ("orbax", "jax/_src", "etils")
+    PLOTTING = ("matplotlib", "PIL")
 
     def filter(self, record: logging_std.LogRecord) -> bool:
+        if record.name.split(".")[0] in self.PLOTTING:
+            return record.levelno >= logging_std.ERROR
         return record.levelno >= logging_std.WARNING or not any(n in record.pathname for n in self.NOISY)
 
 
@@ -118,8 +126,11 @@ def print_help(full: bool = False, stream=None) -> None:
 
 
 def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None,
-        list_flags: Iterable[str] = ()) -> None:
-    """`absl.app.run` with both flag spellings, one-line errors and the exit codes of DESIGN section 9."""
+        list_flags: Iterable[str] = (), hard_exit: bool = True) -> None:
+    """`absl.app.run` with both flag spellings, one-line errors and the exit codes of DESIGN section 9.
+
+    Never returns: with `hard_exit` (the default, for the command-line entry points) the process ends through
+    `_exit_skipping_native_teardown`; without it, `SystemExit` propagates as from `absl.app.run`."""
     argv = list(sys.argv if argv is None else argv)
     argv = normalize_argv(argv, list_flags)
     if any(a in HELP_ARGS for a in argv[1:]):
@@ -154,4 +165,42 @@ def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = No
             logging.debug("%s", traceback.format_exc())
             die(f"{type(e).__name__}: {e}".splitlines()[0], 1)
 
-    app.run(guarded, argv=argv, flags_parser=parser)
+    try:
+        app.run(guarded, argv=argv, flags_parser=parser)
+    except SystemExit as e:
+        if not hard_exit:
+            raise
+        _exit_skipping_native_teardown(e.code)
+
+
+def _exit_skipping_native_teardown(code) -> None:
+    """Leave the process as the interpreter would, minus the C++ static destructors.
+
+    pyarrow's thread pools can abort the process while they are torn down at exit ("terminate called without
+    an active exception", SIGABRT; apache/arrow#34314): seen about once in a hundred runs of
+    `data_tools.process` on a loaded machine, after all output was written. So: shut threads down and join
+    them (`threading._shutdown`), run the `atexit` handlers (absl, Orbax, JAX), flush, then `os._exit`.
+    """
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # sys.exit("message"): the interpreter prints it and exits 1
+        sys.stderr.write(f"{code}\n")
+        status = 1
+    # What Py_Finalize does first: the hooks of `threading._register_atexit` (they wake idle
+    # ThreadPoolExecutor workers, which would otherwise wait forever), then join every non-daemon thread.
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()
+    else:
+        for t in threading.enumerate():
+            if t is not threading.main_thread() and not t.daemon:
+                t.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            status = status or 1  # e.g. stdout closed by `| head`: the interpreter would report it too
+    os._exit(status)
