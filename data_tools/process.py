@@ -376,6 +376,16 @@ def process_symbol(raw_symbol: str, parts: list[RawChunk], processed_dir: Path,
     symbol = output_symbol(raw_symbol, base, bar_minutes)
     dates, warnings = _read_notes(parts, rows_in, dropped["pre_open"] + dropped["post_close"]
                                   + dropped["special_sessions"])
+    named = re.match(r"^.*_(\d+)$", symbol)
+    # only the usual bar lengths: NIFTY_50 or NIFTY_100 name an index, not 50-minute bars
+    if named and int(named.group(1)) != out_minutes and int(named.group(1)) in (1, 2, 3, 5, 10, 15, 30, 60):
+        n = int(named.group(1))
+        right = f"{symbol[: named.start(1) - 1]}_{out_minutes}"
+        fix = f"name the raw file {right} instead"
+        if n > out_minutes and n % out_minutes == 0:
+            fix += f" (with --bar-minutes {n} that writes {symbol} with {n}-minute bars)"
+        warnings.append(f"the name {symbol} reads as {n}-minute bars (as Nifty_2, Bank_Nifty_5), but the data "
+                        f"has {out_minutes}-minute bars; {fix}")
     summary = SymbolSummary(
         symbol=symbol, raw_symbol=raw_symbol, rows_in=rows_in,
         sources=[p.path.name for p in sorted(parts, key=lambda p: int(p.ts_utc.min()))],
@@ -488,16 +498,20 @@ def process_directory(raw_dir, processed_dir, symbols=None, bar_minutes=None, ba
     by_symbol: dict[str, list[RawChunk]] = {}
     failed: dict[str, str] = {}          # symbol -> first message
     file_failures: list[tuple[str, str]] = []
+    seen: set[str] = set()  # every symbol met, wanted or not, to name them when a wanted one is missing
 
     for path in files:
         display = str(path)
         multi = peek_symbol_column(path)
-        if multi is False and not is_wanted(path.stem):
-            continue
+        if multi is False:
+            seen.add(path.stem)
+            if not is_wanted(path.stem):
+                continue
         try:
             chunk = read_file(path, display, source_tz, date_order)
         except FileError as e:
             syms = e.symbols if e.symbols else ([path.stem] if multi is not True else None)
+            seen.update(syms or ())
             if syms:
                 for s in syms:
                     if is_wanted(s):
@@ -506,9 +520,11 @@ def process_directory(raw_dir, processed_dir, symbols=None, bar_minutes=None, ba
                 file_failures.append((path.name, str(e)))
             continue
         if chunk.symbols is None:
+            seen.add(path.stem)
             by_symbol.setdefault(path.stem, []).append(chunk)
             continue
         uniq, inv = np.unique(chunk.symbols.astype(str), return_inverse=True)
+        seen.update(str(s) for s in uniq)
         for k, s in enumerate(uniq):
             if not is_wanted(s):
                 continue
@@ -528,7 +544,7 @@ def process_directory(raw_dir, processed_dir, symbols=None, bar_minutes=None, ba
         found_lower = {s.lower() for s in found}
         for s in wanted:
             if s not in found and s.lower() not in found_lower:
-                have = ", ".join(sorted(found)) or "none"
+                have = ", ".join(sorted(seen | found)) or "none"
                 failed.setdefault(s, f"--symbols: symbol {s!r} not found in {raw_dir} (found: {have})")
 
     for sym in sorted(set(by_symbol) | set(failed)):

@@ -80,6 +80,35 @@ class EnvConfig:
     square_off_time: str = ""  # "HH:MM" IST; empty: square off at the session's last bar
     split_fractions: tuple[float, ...] = (0.70, 0.15, 0.15)
 
+    def __post_init__(self):
+        """Checked when the flags are read, before any data is loaded or a run folder is made; the errors
+        name the flag the user typed (the library functions behind them say `--cost_model`, `--lot_size`)."""
+        from jaxtrade.costs import COST_MODELS
+
+        if self.cost_model not in COST_MODELS:
+            raise InputError(f"--env.cost_model: unknown cost model {self.cost_model!r} (choose from "
+                             f"{', '.join(COST_MODELS)})")
+        for name in ("cost_bps", "slippage_ticks", "lot_size"):
+            if not getattr(self, name) >= 0:  # also refuses NaN
+                raise InputError(f"--env.{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_lots < 1:
+            raise InputError(f"--env.max_lots must be >= 1, got {self.max_lots}")
+        if not self.initial_capital > 0:
+            raise InputError(f"--env.initial_capital must be positive, got {self.initial_capital}")
+        if self.episode_sessions < 1:
+            raise InputError(f"--env.episode_sessions must be >= 1, got {self.episode_sessions}")
+        if self.square_off_time:
+            try:
+                hh, mm = (int(x) for x in self.square_off_time.split(":"))
+                if not (0 <= hh < 24 and 0 <= mm < 60):
+                    raise ValueError
+            except ValueError:
+                raise InputError(f"--env.square_off_time: expected HH:MM (IST), got {self.square_off_time!r}") from None
+        fr = tuple(self.split_fractions)
+        if len(fr) != 3 or any(not f >= 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6 or fr[0] <= 0:
+            raise InputError(f"--env.split_fractions: expected three fractions train,val,test (train > 0) "
+                             f"summing to 1, got {','.join(str(f) for f in fr)}")
+
 
 @dataclasses.dataclass(frozen=True)
 class GateConfig:

@@ -519,7 +519,15 @@ def test_unknown_symbol_cli(tmp_path):
     assert p.returncode == 2
     line = one_line(p)
     assert "NOPE" in line and "not found" in line
+    assert "(found: GOOD, OTHER)" in line  # names what is there, wanted or not
     assert (tmp_path / "processed" / "GOOD.parquet").exists()
+
+
+def test_unknown_symbol_names_the_symbols_of_vendor_files(tmp_path):
+    write_vendor(tmp_path / "raw")
+    res, out, err = process(tmp_path, symbols=["FINNIFTY"])
+    assert not res.ok
+    assert "symbol 'FINNIFTY' not found" in err and "(found: BANKNIFTY, NIFTY)" in err, err
 
 
 def test_missing_dir_and_no_files_cli(tmp_path):
@@ -594,3 +602,19 @@ def test_same_raw_and_processed_directory_is_refused(tmp_path):
     (tmp_path / "X.csv").write_text("timestamp,open,high,low,close\n")
     with pytest.raises(InputError, match="is the raw data directory"):
         process_directory(tmp_path, tmp_path, out=None, err=None)
+
+
+@pytest.mark.parametrize("name,fragment", [
+    ("Nifty_5", "the name Nifty_5 reads as 5-minute bars (as Nifty_2, Bank_Nifty_5), but the data has 2-minute "
+                "bars; name the raw file Nifty_2 instead"),
+    ("Nifty_4", None), ("Nifty_10", "name the raw file Nifty_2 instead (with --bar-minutes 10 that writes Nifty_10 with "
+                             "10-minute bars)"), ("Nifty_2", None), ("NIFTY_50", None)])
+def test_name_that_disagrees_with_the_bar_length_warns(tmp_path, name, fragment):
+    write(tmp_path / "raw" / f"{name}.csv", GOOD)  # 2-minute bars
+    res, out, err = process(tmp_path)
+    assert res.ok, err
+    if fragment is None:
+        assert "warning" not in out, out
+    else:
+        warning = [line for line in out.splitlines() if line.strip().startswith("warning:")]
+        assert len(warning) == 1 and fragment in warning[0], out

@@ -1,6 +1,7 @@
 """The sequence runner: seed YAML and flags, gates and progression rules, resume, final-model selection."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -194,6 +195,26 @@ def test_cli_bad_flags_exit_2(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "run_training.py"), "--symbols", "NOPE",
                           f"--processed-data-dir={tmp_path}"], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 2 and "NOPE" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("env.cost_model", "free", "--env.cost_model: unknown cost model 'free'"),
+    ("env.square_off_time", "25:99", "--env.square_off_time: expected HH:MM"),
+    ("env.square_off_time", "15", "--env.square_off_time: expected HH:MM"),
+    ("env.split_fractions", (0.5, 0.5), "--env.split_fractions"),
+    ("env.split_fractions", (0.0, 0.5, 0.5), "--env.split_fractions"),
+    ("env.max_lots", 0, "--env.max_lots must be >= 1"),
+    ("env.initial_capital", 0.0, "--env.initial_capital must be positive"),
+    ("env.slippage_ticks", float("nan"), "--env.slippage_ticks must be >= 0"),
+    ("env.lot_size", -1.0, "--env.lot_size must be >= 0"),
+    ("env.episode_sessions", 0, "--env.episode_sessions must be >= 1"),
+])
+def test_env_settings_checked_when_flags_are_read(tmp_path, key, value, message):
+    """Before any data is loaded or run folder made, naming the flag as typed (not the library's --cost_model)."""
+    with pytest.raises(InputError, match=re.escape(message)):
+        tiny_config(tmp_path, **{key: value})
+    assert not (tmp_path / "ck").exists()
+    tiny_config(tmp_path, **{"env.square_off_time": "15:10", "env.split_fractions": (0.6, 0.2, 0.2)})  # fine
 
 
 def test_moe_narrower_than_ppo_is_a_clear_error(market_dir):
