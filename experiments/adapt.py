@@ -36,7 +36,8 @@ flags.DEFINE_string("cost_model", "nse_futures", "cost model: zero | bps | nse_f
 flags.DEFINE_float("slippage_ticks", 1.0, "slippage in ticks per order")
 flags.DEFINE_float("lot_size", 0.0, "units per lot (0: the symbol's NSE lot)")
 flags.DEFINE_integer("max_lots", 1, "maximum lots (must match the model's action count)")
-flags.DEFINE_float("initial_capital", 100_000.0, "initial capital in rupees")
+flags.DEFINE_float("initial_capital", 100_000.0, "initial capital in rupees (default: the model's training capital "
+                   "when its file records it, else 100000)")
 flags.DEFINE_integer("episode_sessions", 1, "sessions per support episode")
 flags.DEFINE_integer("seed", 0, "random seed of the support rollouts")
 flags.DEFINE_list("split_fractions", ["0.70", "0.15", "0.15"], "train,val,test fractions")
@@ -83,7 +84,7 @@ def main(argv) -> int:
     from jaxtrade.checkpoints import StageCheckpointer
     from jaxtrade.costs import cost_model
     from jaxtrade.errors import InputError
-    from jaxtrade.policies import policy_from_logits
+    from jaxtrade.policies import policy_from_logits, training_env
 
     if not FLAGS.model or not FLAGS.symbol:
         raise InputError("--model and --symbol are required")
@@ -103,6 +104,12 @@ def main(argv) -> int:
                       support_num_steps=FLAGS.support_num_steps)
     params, network, model_meta = load_model(FLAGS.model)
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    # The model's position features are a percentage of capital: adapt and compare at its training capital.
+    trained_env = training_env(model_meta if isinstance(model_meta, dict) else None) or {}
+    capital = FLAGS.initial_capital
+    if not FLAGS["initial_capital"].present and trained_env.get("initial_capital") is not None:
+        capital = float(trained_env["initial_capital"])
+        print(f"initial capital {capital:,.0f}: the model's training capital (--initial_capital overrides)")
 
     market = D.load_market(FLAGS.processed_data_dir, FLAGS.symbol, split_fractions=fractions)
     export.check_observation(model_meta, list(E.OBS_NAMES), f"--model {FLAGS.model}")
@@ -110,7 +117,7 @@ def main(argv) -> int:
     costs = cost_model(FLAGS.cost_model, as_of=market.session_dates[lo].astype(object)).params
     env_params = E.make_params(market, "train", cost_params=costs, lot_size=FLAGS.lot_size or None,
                                slippage_ticks=FLAGS.slippage_ticks, max_lots=FLAGS.max_lots,
-                               initial_capital=FLAGS.initial_capital, episode_sessions=FLAGS.episode_sessions)
+                               initial_capital=capital, episode_sessions=FLAGS.episode_sessions)
     n_actions = int(network.num_actions)
     if n_actions != env_params.num_actions:
         raise InputError(f"--max_lots={FLAGS.max_lots} gives {env_params.num_actions} actions but the model has "
@@ -146,13 +153,17 @@ def main(argv) -> int:
                                  price_dtype=jnp.float64)
         bt_cfg = B.BacktestConfig(split=FLAGS.split, cost_model=FLAGS.cost_model, slippage_ticks=FLAGS.slippage_ticks,
                                   lot_size=FLAGS.lot_size or None, max_lots=FLAGS.max_lots,
-                                  initial_capital=FLAGS.initial_capital, seed=FLAGS.seed)
+                                  initial_capital=capital, seed=FLAGS.seed)
         results = {}
         for name, p in (("before", params), ("after", adapted)):
             pol = policy_from_logits(network.apply, jax.tree.map(jnp.asarray, p), f"{name} adaptation",
                                      source=str(FLAGS.model))
             results[name] = B.backtest(market64, pol, bt_cfg).metrics
+    adapted_env = {**trained_env, "cost_model": FLAGS.cost_model, "slippage_ticks": FLAGS.slippage_ticks,
+                   "lot_size": FLAGS.lot_size, "max_lots": FLAGS.max_lots, "initial_capital": capital,
+                   "episode_sessions": FLAGS.episode_sessions}
     record = {"source_model": str(FLAGS.model), "symbol": FLAGS.symbol, "steps": steps, "inner_learning_rate": lr,
+              "training_env": adapted_env,
               "support_sessions": [int(sup_lo), int(hi)], "support_return": float(support_return),
               "inner_losses": [float(x) for x in losses], "split": FLAGS.split,
               "before": results["before"], "after": results["after"]}

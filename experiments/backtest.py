@@ -42,7 +42,9 @@ def define_flags() -> None:
     define(flags.DEFINE_string, "raw_data_dir", DEFAULT_RAW_DIR, "Raw bar files (CSV, TXT, Parquet).")
     define(flags.DEFINE_string, "processed_data_dir", "data/processed", "Processed {symbol}.parquet files.")
     define(flags.DEFINE_list, "symbols", None, "Symbols to backtest, or 'all' (default: all processed).")
-    define(flags.DEFINE_float, "initial_capital", 100_000.0, "Starting capital in rupees.")
+    define(flags.DEFINE_float, "initial_capital", 100_000.0,
+           "Starting capital in rupees (a trained model that records its training capital runs at that instead, "
+           "unless this flag is given).")
     define(flags.DEFINE_string, "report_file", None,
            "Text report path (default: {output_dir}/backtest_report.txt); it is also printed.")
     define(flags.DEFINE_string, "output_dir", "reports", "Per-symbol outputs go to {output_dir}/{symbol}/.")
@@ -150,6 +152,36 @@ def _choose_policy(market, shared_model):
             f"no trained model ({looked} not found): ran the momentum baseline instead")
 
 
+def _config_for(policy, config):
+    """(the backtest config for `policy`, lines to print). A trained model acts as in training only at its training
+    capital (its unrealised-PnL feature is a percentage of capital), so without `--initial-capital` the
+    model's own capital is used; cost and slippage stay the flags' (the seed's defaults) and a difference from
+    training is said."""
+    import dataclasses
+    F = FLAGS
+    env = getattr(policy, "training_env", None)
+    if not env or env.get("initial_capital") is None:
+        return config, []
+    lines = []
+    trained = float(env["initial_capital"])
+    if not FLAGS["initial_capital"].present:
+        config = dataclasses.replace(config, initial_capital=trained)
+        lines.append(f"initial capital {trained:,.0f}: the model's training capital (--initial-capital overrides)")
+    elif trained != F.initial_capital:
+        lines.append(f"notice: the model trained with initial capital {trained:,.0f}; at --initial-capital "
+                     f"{F.initial_capital:,.0f} its position features are scaled differently, so it will not act "
+                     f"as in training")
+    differs = []
+    if env.get("slippage_ticks") is not None and float(env["slippage_ticks"]) != config.slippage_ticks:
+        differs.append(f"slippage {float(env['slippage_ticks']):g} ticks (here {config.slippage_ticks:g})")
+    if env.get("cost_model") and env["cost_model"] != config.cost_model:
+        differs.append(f"cost model {env['cost_model']} (here {config.cost_model})")
+    if differs:
+        lines.append(f"trained with {', '.join(differs)}: pass --slippage-ticks / --cost-model to backtest as "
+                     f"trained")
+    return config, lines
+
+
 def _replace_dir(src: Path, dst: Path) -> None:
     trash = None
     if dst.exists():
@@ -196,20 +228,28 @@ def main(argv) -> int:
     committed = False
     try:
         staging.mkdir()
-        per_symbol, notices = [], []
+        per_symbol, notices, capitals = [], [], {}
         for market in markets:
             t_sym = time.perf_counter()
             policy, chosen = _choose_policy(market, shared_model)
             print(f"{market.symbol}: {chosen}", flush=True)
+            sym_config, lines = _config_for(policy, config)
+            for line in lines:
+                print(f"{market.symbol}: {line}", flush=True)
+            capitals[market.symbol] = sym_config.initial_capital
             others = [P.make_baseline(name, max_lots=F.max_lots, scaler=market.scaler)
                       for name in P.BASELINES if name != policy.name or policy.source]
-            main_result, *baselines = B.backtest_many(market, [policy, *others], config)
+            main_result, *baselines = B.backtest_many(market, [policy, *others], sym_config)
             notices += R.write_symbol_outputs(main_result, baselines, staging / market.symbol, plot=F.plots)
             per_symbol.append((main_result, baselines))
             print(f"{market.symbol}: {F.split} split {main_result.start[:10]} .. {main_result.end[:10]}, "
                   f"{main_result.num_bars:,} bars, {main_result.num_sessions} sessions; "
                   f"{1 + len(baselines)} policies in {time.perf_counter() - t_sym:.1f} s", flush=True)
-        header = [f"split: {F.split}; symbols: {', '.join(symbols)}; initial capital {F.initial_capital:,.0f}"]
+        if len(set(capitals.values())) == 1:
+            capital = f"initial capital {next(iter(capitals.values())):,.0f}"
+        else:
+            capital = "initial capital " + ", ".join(f"{s} {c:,.0f}" for s, c in capitals.items())
+        header = [f"split: {F.split}; symbols: {', '.join(symbols)}; {capital}"]
         text = R.render_report(per_symbol, header)
         report_tmp.write_text(text)
         # Commit: every symbol's directory, then the report (the last file to appear).

@@ -42,6 +42,8 @@ class Policy:
     source: str | None = None
     description: str = ""
     num_actions: int | None = None  # a trained model's action count (2 * max_lots + 1); None for baselines
+    # a trained model's `--env.*` settings (initial_capital, slippage_ticks, ...), when its file records them
+    training_env: dict | None = None
 
 
 # ------------------------------------------------------------------------------------------ baselines
@@ -188,6 +190,16 @@ def find_model(checkpoint_dir, symbol: str) -> Path | None:
     return None
 
 
+def training_env(config: Any) -> dict | None:
+    """The env settings a model trained under: `extra.training_env` of a `.pth` config, `settings.env` of an
+    Orbax stage's meta; None for files that do not record them (older exports, foreign files)."""
+    if not isinstance(config, dict):
+        return None
+    env = ((config.get("extra") or {}).get("training_env") or (config.get("settings") or {}).get("env")
+           or (config.get("record") or {}).get("training_env"))  # the last: an `experiments.adapt` checkpoint
+    return dict(env) if isinstance(env, dict) else None
+
+
 def _as_policy(obj: Any, name: str, source: str) -> Policy:
     if isinstance(obj, Policy):
         return obj if obj.source else dataclasses.replace(obj, source=source)
@@ -202,7 +214,8 @@ def _as_policy(obj: Any, name: str, source: str) -> Policy:
         config = getattr(obj, "config", None)
         network = config.get("network") if isinstance(config, dict) else None
         num_actions = network.get("num_actions") if isinstance(network, dict) else None
-        return Policy(name, obj, source=source, num_actions=None if num_actions is None else int(num_actions))
+        return Policy(name, obj, source=source, num_actions=None if num_actions is None else int(num_actions),
+                      training_env=training_env(config))
     raise InputError(f"{source}: the loader returned {type(obj).__name__}, not a policy")
 
 

@@ -23,7 +23,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -294,6 +294,12 @@ def stage_settings(cfg: SequenceConfig, stage: str) -> dict:
         fields.pop("num_iterations", None)
         settings[group] = fields
     return json.loads(json.dumps(_json_safe(settings)))
+
+
+def _training_env(record: Mapping[str, Any]) -> dict | None:
+    """The `--env.*` settings a stage trained under, for the `.pth` file: a backtest of the model needs the same
+    initial capital (the position features are scaled by it) to act as it did in training."""
+    return (record.get("settings") or {}).get("env")
 
 
 def _settings_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -595,7 +601,8 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
                 export.export_pth(path, result["params"], result["network"], symbol=symbol, stage=stage,
                                   obs_names=list(E.OBS_NAMES), scaler=ctx.market.scaler.to_dict(),
                                   metrics=rec["validation"], extra={"gate_passed": rec["gate_passed"],
-                                                                    "iterations": rec["iterations"]})
+                                                                    "iterations": rec["iterations"],
+                                                                    "training_env": _training_env(rec)})
                 rec["model_file"] = str(path)
             _write_json_atomic(summary_path, summary)
             prev = result
@@ -621,7 +628,8 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
             if can_export:
                 export.export_pth(path, params, network, symbol=symbol, stage="final", obs_names=list(E.OBS_NAMES),
                                   scaler=ctx.market.scaler.to_dict(), metrics=candidates[best]["validation"],
-                                  extra={"selected_stage": best, "why": why})
+                                  extra={"selected_stage": best, "why": why,
+                                         "training_env": _training_env(candidates[best])})
             summary["final_model"] = {"stage": best, "metric": cfg.run.final_metric, "why": why,
                                       "file": str(path) if can_export else None,
                                       "checkpoint": candidates[best].get("checkpoint")}

@@ -234,19 +234,27 @@ def test_pth_backtest_matches_orbax_checkpoint(market_dir):
     S.run_sequence(cfg, out=open("/dev/null", "w"))
     pth = tmp / "ck" / "t" / "models" / "NIFTY_5_ppo_stage1.pth"
     orbax_dir = tmp / "ck" / "t" / "NIFTY_5" / "ppo"
-    trades = {}
-    for name, model in (("pth", pth), ("orbax", orbax_dir)):
+    trades, stdout = {}, {}
+    # The .pth runs without --initial-capital: it records its training capital (2,000,000) and runs at it.
+    for name, model, capital in (("pth", pth, []), ("orbax", orbax_dir, ["--initial-capital=2000000"]),
+                                 ("low", pth, ["--initial-capital=100000"])):
         out = subprocess.run(
             [sys.executable, str(ROOT / "run_backtest.py"), f"--model={model}", "--symbols", "NIFTY_5",
              f"--processed-data-dir={tmp / 'processed'}", f"--output-dir={tmp / name}", "--split=val",
-             "--initial-capital=2000000"], capture_output=True, text=True, cwd=tmp)
+             *capital], capture_output=True, text=True, cwd=tmp)
         assert out.returncode == 0, out.stderr
+        stdout[name] = out.stdout
         trades[name] = pq.read_table(tmp / name / "NIFTY_5" / "trades.parquet").to_pydict()
         equity = pq.read_table(tmp / name / "NIFTY_5" / "equity.parquet").to_pydict()
         trades[name + "_position"] = equity["position"]
     assert len(trades["pth"]["net_pnl"]) > 0
     assert trades["pth"] == trades["orbax"]
     assert trades["pth_position"] == trades["orbax_position"]
+    assert "NIFTY_5: initial capital 2,000,000: the model's training capital" in stdout["pth"]
+    assert "initial capital 2,000,000" in (tmp / "pth" / "backtest_report.txt").read_text()
+    assert "notice" not in stdout["orbax"].split("\n\n")[0]
+    assert ("the model trained with initial capital 2,000,000; at --initial-capital 100,000 its position "
+            "features are scaled differently") in stdout["low"]
 
 
 @pytest.mark.slow
