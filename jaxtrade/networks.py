@@ -31,9 +31,38 @@ def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
         raise ValueError(f"unknown activation {name!r} (choose from {', '.join(ACTIVATIONS)})") from None
 
 
+def _orthonormal_columns(z: jax.Array) -> jax.Array:
+    """`[m, n]` (m >= n) -> `[m, n]`: the Q of z's QR with R's diagonal made positive, by Gram-Schmidt with
+    re-orthogonalisation (CGS2: orthogonal to float rounding), in plain matmuls."""
+    def add_column(q, j):
+        v = z[:, j]
+        v = v - q @ (q.T @ v)
+        v = v - q @ (q.T @ v)
+        return q.at[:, j].set(v / jnp.sqrt(jnp.sum(v * v))), None
+
+    q, _ = jax.lax.scan(add_column, jnp.zeros_like(z), jnp.arange(z.shape[1]))
+    return q
+
+
+def orthogonal(scale: float = 1.0) -> Callable:
+    """`jax.nn.initializers.orthogonal(scale)` for 2-D kernels, without LAPACK's QR: the same normal draws and
+    the same matrix (to float rounding). XLA:CPU (jaxlib 0.10.2) deadlocks when two QR custom calls run at
+    once in one jitted program on a small thread pool (each blocks a pool thread waiting for batch work that
+    only the other pool threads could run): seen on 2 cores when a jitted `train(key)` initialised the actor
+    and the critic, and earlier with vmapped experts."""
+    def init(key, shape, dtype=jnp.float32):
+        if len(shape) != 2:
+            raise ValueError(f"orthogonal: expected a 2-D kernel shape, got {shape}")
+        n_rows, n_cols = shape
+        z = jax.random.normal(key, (max(n_rows, n_cols), min(n_rows, n_cols)), dtype)
+        q = _orthonormal_columns(z)
+        return jnp.asarray(scale, dtype) * (q.T if n_rows < n_cols else q)
+
+    return init
+
+
 def _dense(features: int, scale: float, name: str) -> nn.Dense:
-    return nn.Dense(features, kernel_init=nn.initializers.orthogonal(scale),
-                    bias_init=nn.initializers.zeros, name=name)
+    return nn.Dense(features, kernel_init=orthogonal(scale), bias_init=nn.initializers.zeros, name=name)
 
 
 class ActorCritic(nn.Module):

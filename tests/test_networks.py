@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxtrade import networks as N
 from jaxtrade.networks import ActorCritic, make_network
 
 
@@ -44,3 +45,19 @@ def test_unknown_activation():
     net = ActorCritic(num_actions=3, activation="nope")
     with pytest.raises(ValueError, match="unknown activation"):
         net.init(jax.random.key(0), jnp.zeros((4,)))
+
+
+@pytest.mark.parametrize("shape", [(19, 64), (64, 64), (64, 3), (3, 200)])
+def test_orthogonal_init_equals_jax_qr_init_without_lapack(shape):
+    """Same draws, same matrix as jax's QR-based initializer (to float rounding), orthonormal, and the jitted
+    network init has no LAPACK custom call (two concurrent QRs deadlock XLA:CPU on a 2-thread pool)."""
+    key = jax.random.key(7)
+    ours = np.asarray(N.orthogonal(1.5)(key, shape))
+    ref = np.asarray(jax.nn.initializers.orthogonal(1.5)(key, shape))
+    np.testing.assert_allclose(ours, ref, atol=5e-6)
+    m = ours / 1.5
+    gram = m.T @ m if shape[0] >= shape[1] else m @ m.T
+    np.testing.assert_allclose(gram, np.eye(min(shape)), atol=5e-6)
+    net = N.ActorCritic(num_actions=3)
+    compiled = jax.jit(lambda k: net.init(k, jnp.zeros((1, 19)))).lower(key).compile().as_text()
+    assert "custom-call" not in compiled
