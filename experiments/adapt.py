@@ -84,7 +84,7 @@ def main(argv) -> int:
     from jaxtrade.checkpoints import StageCheckpointer
     from jaxtrade.costs import cost_model
     from jaxtrade.errors import InputError
-    from jaxtrade.policies import policy_from_logits, training_env
+    from jaxtrade.policies import model_capital, policy_from_logits, training_env
 
     if not FLAGS.model or not FLAGS.symbol:
         raise InputError("--model and --symbol are required")
@@ -106,10 +106,10 @@ def main(argv) -> int:
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
     # The model's position features are a percentage of capital: adapt and compare at its training capital.
     trained_env = training_env(model_meta if isinstance(model_meta, dict) else None) or {}
-    capital = FLAGS.initial_capital
-    if not FLAGS["initial_capital"].present and trained_env.get("initial_capital") is not None:
-        capital = float(trained_env["initial_capital"])
-        print(f"initial capital {capital:,.0f}: the model's training capital (--initial_capital overrides)")
+    capital, line = model_capital(trained_env, FLAGS.initial_capital, FLAGS["initial_capital"].present,
+                                  "--initial_capital")
+    if line:
+        print(line)
 
     market = D.load_market(FLAGS.processed_data_dir, FLAGS.symbol, split_fractions=fractions)
     export.check_observation(model_meta, list(E.OBS_NAMES), f"--model {FLAGS.model}")

@@ -158,19 +158,14 @@ def _config_for(policy, config):
     model's own capital is used; cost and slippage stay the flags' (the seed's defaults) and a difference from
     training is said."""
     import dataclasses
-    F = FLAGS
+
+    from jaxtrade.policies import model_capital
     env = getattr(policy, "training_env", None)
-    if not env or env.get("initial_capital") is None:
+    if not env:
         return config, []
-    lines = []
-    trained = float(env["initial_capital"])
-    if not FLAGS["initial_capital"].present:
-        config = dataclasses.replace(config, initial_capital=trained)
-        lines.append(f"initial capital {trained:,.0f}: the model's training capital (--initial-capital overrides)")
-    elif trained != F.initial_capital:
-        lines.append(f"notice: the model trained with initial capital {trained:,.0f}; at --initial-capital "
-                     f"{F.initial_capital:,.0f} its position features are scaled differently, so it will not act "
-                     f"as in training")
+    capital, line = model_capital(env, FLAGS.initial_capital, FLAGS["initial_capital"].present, "--initial-capital")
+    config = dataclasses.replace(config, initial_capital=capital)
+    lines = [line] if line else []
     differs = []
     if env.get("slippage_ticks") is not None and float(env["slippage_ticks"]) != config.slippage_ticks:
         differs.append(f"slippage {float(env['slippage_ticks']):g} ticks (here {config.slippage_ticks:g})")

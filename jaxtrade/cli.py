@@ -126,11 +126,9 @@ def print_help(full: bool = False, stream=None) -> None:
 
 
 def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None,
-        list_flags: Iterable[str] = (), hard_exit: bool = True) -> None:
-    """`absl.app.run` with both flag spellings, one-line errors and the exit codes of DESIGN section 9.
-
-    Never returns: with `hard_exit` (the default, for the command-line entry points) the process ends through
-    `_exit_skipping_native_teardown`; without it, `SystemExit` propagates as from `absl.app.run`."""
+        list_flags: Iterable[str] = ()) -> None:
+    """`absl.app.run` with both flag spellings, one-line errors and the exit codes of DESIGN section 9. Never
+    returns: the process ends through `_exit_skipping_native_teardown` (for command-line entry points only)."""
     argv = list(sys.argv if argv is None else argv)
     argv = normalize_argv(argv, list_flags)
     if any(a in HELP_ARGS for a in argv[1:]):
@@ -168,8 +166,6 @@ def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = No
     try:
         app.run(guarded, argv=argv, flags_parser=parser)
     except SystemExit as e:
-        if not hard_exit:
-            raise
         _exit_skipping_native_teardown(e.code)
 
 

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from jaxtrade.agents.ppo import PPOConfig
-from jaxtrade.data import SPLITS
+from jaxtrade.costs import COST_MODELS
+from jaxtrade.data import SPLITS, check_split_fractions
+from jaxtrade.env import parse_square_off_time
 from jaxtrade.errors import InputError
 
 ON_FAIL = ("continue", "extend", "stop")
@@ -83,8 +85,6 @@ class EnvConfig:
     def __post_init__(self):
         """Checked when the flags are read, before any data is loaded or a run folder is made; the errors
         name the flag the user typed (the library functions behind them say `--cost_model`, `--lot_size`)."""
-        from jaxtrade.costs import COST_MODELS
-
         if self.cost_model not in COST_MODELS:
             raise InputError(f"--env.cost_model: unknown cost model {self.cost_model!r} (choose from "
                              f"{', '.join(COST_MODELS)})")
@@ -98,16 +98,8 @@ class EnvConfig:
         if self.episode_sessions < 1:
             raise InputError(f"--env.episode_sessions must be >= 1, got {self.episode_sessions}")
         if self.square_off_time:
-            try:
-                hh, mm = (int(x) for x in self.square_off_time.split(":"))
-                if not (0 <= hh < 24 and 0 <= mm < 60):
-                    raise ValueError
-            except ValueError:
-                raise InputError(f"--env.square_off_time: expected HH:MM (IST), got {self.square_off_time!r}") from None
-        fr = tuple(self.split_fractions)
-        if len(fr) != 3 or any(not f >= 0 for f in fr) or abs(sum(fr) - 1.0) > 1e-6 or fr[0] <= 0:
-            raise InputError(f"--env.split_fractions: expected three fractions train,val,test (train > 0) "
-                             f"summing to 1, got {','.join(str(f) for f in fr)}")
+            parse_square_off_time(self.square_off_time, "--env.square_off_time")
+        check_split_fractions(self.split_fractions, "--env.split_fractions")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -84,12 +84,23 @@ def list_symbols(processed_dir) -> list[str]:
     return sorted(p.stem for p in d.glob("*.parquet"))
 
 
+def check_split_fractions(fractions: Sequence[float], flag: str = "split fractions") -> np.ndarray:
+    """`[3]` train, val, test fractions: non-negative (NaN refused), train > 0, summing to 1; else an InputError
+    naming `flag`."""
+    try:
+        fr = np.asarray(fractions, np.float64)
+    except (TypeError, ValueError):
+        fr = np.full(1, np.nan)
+    if fr.shape != (3,) or not np.all(fr >= 0) or not fr[0] > 0 or not np.isclose(fr.sum(), 1.0):
+        raise InputError(f"{flag}: expected three fractions train,val,test (train > 0) summing to 1, got "
+                         f"{','.join(str(f) for f in fractions)}")
+    return fr
+
+
 def split_sessions(num_sessions: int, fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
                    where: str = "") -> dict[str, tuple[int, int]]:
     """Contiguous train / val / test session ranges in time order."""
-    fr = np.asarray(fractions, np.float64)
-    if fr.shape != (3,) or np.any(fr < 0) or not np.isclose(fr.sum(), 1.0):
-        raise InputError(f"split fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
+    fr = check_split_fractions(fractions)
     if num_sessions < 3:
         raise InputError(f"{where}: {num_sessions} sessions; at least 3 are needed for train/val/test splits")
     n_val = max(1, int(round(num_sessions * fr[1]))) if fr[1] > 0 else 0

@@ -94,6 +94,15 @@ class EnvState:
     rng: jax.Array  # () uint32: the env's own counter for drawing the next episode
 
 
+def parse_square_off_time(text: str, flag: str = "--square_off_time") -> _dt.time:
+    """"HH:MM" (IST wall clock) -> time; else an InputError naming `flag`."""
+    try:
+        hh, mm = (int(x) for x in text.split(":"))
+        return _dt.time(hh, mm)
+    except ValueError:
+        raise InputError(f"{flag}: expected HH:MM (IST), got {text!r}") from None
+
+
 def make_params(market: Market, split: str = "train", *, cost_params: CostParams | None = None,
                 lot_size: int | float | None = None, dated_lots: bool = False, slippage_ticks: float = 0.0,
                 tick_size: float = contracts.TICK_SIZE, max_lots: int = 1, initial_capital: float = 100_000.0,
@@ -132,11 +141,7 @@ def make_params(market: Market, split: str = "train", *, cost_params: CostParams
     flags[np.asarray(market.data.session_end)] |= LAST_BAR
     if square_off_time:
         if isinstance(square_off_time, str):
-            try:
-                hh, mm = (int(x) for x in square_off_time.split(":"))
-                square_off_time = _dt.time(hh, mm)
-            except ValueError:
-                raise InputError(f"--square_off_time: expected HH:MM, got {square_off_time!r}") from None
+            square_off_time = parse_square_off_time(square_off_time)
         cutoff = square_off_time.hour * 60 + square_off_time.minute
         flags[market.minute_of_day >= cutoff] |= MUST_BE_FLAT
     return EnvParams(

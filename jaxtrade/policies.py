@@ -200,6 +200,21 @@ def training_env(config: Any) -> dict | None:
     return dict(env) if isinstance(env, dict) else None
 
 
+def model_capital(env: dict | None, given: float, given_explicitly: bool, flag: str) -> tuple[float, str | None]:
+    """(capital to run a model at, a line to print or None). A model acts as in training only at its training
+    capital (its unrealised-PnL input is a percentage of capital): that one, unless `flag` was given; a
+    given capital other than the training one is said."""
+    trained = None if not env or env.get("initial_capital") is None else float(env["initial_capital"])
+    if trained is None:
+        return given, None
+    if not given_explicitly:
+        return trained, f"initial capital {trained:,.0f}: the model's training capital ({flag} overrides)"
+    if trained != given:
+        return given, (f"notice: the model trained with initial capital {trained:,.0f}; at {flag} {given:,.0f} "
+                       f"its position features are scaled differently, so it will not act as in training")
+    return given, None
+
+
 def _as_policy(obj: Any, name: str, source: str) -> Policy:
     if isinstance(obj, Policy):
         return obj if obj.source else dataclasses.replace(obj, source=source)

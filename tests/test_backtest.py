@@ -293,3 +293,15 @@ def test_model_trained_for_other_max_lots_is_refused(market):
     with pytest.raises(InputError, match=r"m\.pth: the model has 3 actions \(max lots 1\) but --max-lots=2"):
         B.backtest(market, model, B.BacktestConfig(max_lots=2))
     assert B.backtest(market, model, B.BacktestConfig(max_lots=1)).metrics is not None
+
+
+def test_model_capital_follows_training_unless_the_flag_is_given():
+    from jaxtrade.policies import model_capital, training_env
+    env = training_env({"extra": {"training_env": {"initial_capital": 2_000_000.0}}})
+    assert model_capital(env, 100_000.0, False, "--initial-capital") == (
+        2_000_000.0, "initial capital 2,000,000: the model's training capital (--initial-capital overrides)")
+    capital, line = model_capital(env, 100_000.0, True, "--initial-capital")
+    assert capital == 100_000.0 and line.startswith("notice: the model trained with initial capital 2,000,000")
+    assert model_capital(env, 2_000_000.0, True, "--initial-capital") == (2_000_000.0, None)
+    assert model_capital(None, 100_000.0, False, "--initial-capital") == (100_000.0, None)  # file records none
+    assert training_env({"settings": {"env": {"initial_capital": 5.0}}}) == {"initial_capital": 5.0}  # Orbax meta
