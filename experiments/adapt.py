@@ -20,27 +20,74 @@ from pathlib import Path
 from absl import flags
 
 from jaxtrade import cli
+from jaxtrade.env import EnvConfig
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", None, "a jaxtrade .pth file or an Orbax stage directory")
-flags.DEFINE_string("symbol", None, "symbol to adapt to (its processed Parquet file)")
-flags.DEFINE_string("processed_data_dir", "data/processed", "processed Parquet directory")
-flags.DEFINE_string("output_dir", None, "output directory (default checkpoints/adapted/{symbol})")
-flags.DEFINE_integer("steps", None, "inner adaptation steps (default: MAMLConfig.inner_loop_steps)")
-flags.DEFINE_float("inner_learning_rate", None, "inner SGD step size (default: MAMLConfig's)")
-flags.DEFINE_integer("support_sessions", 20, "most recent training sessions used as support data (0: all)")
-flags.DEFINE_integer("support_num_envs", 64, "parallel support episodes")
-flags.DEFINE_integer("support_num_steps", 256, "support rollout length (steps per env)")
-flags.DEFINE_string("split", "val", "split the before/after backtest runs on")
-flags.DEFINE_string("cost_model", "nse_futures", "cost model: zero | bps | nse_futures | nse_options")
-flags.DEFINE_float("slippage_ticks", 1.0, "slippage in ticks per order")
-flags.DEFINE_float("lot_size", 0.0, "units per lot (0: the symbol's NSE lot)")
-flags.DEFINE_integer("max_lots", 1, "maximum lots (must match the model's action count)")
-flags.DEFINE_float("initial_capital", 100_000.0, "initial capital in rupees (default: the model's training capital "
-                   "when its file records it, else 100000)")
-flags.DEFINE_integer("episode_sessions", 1, "sessions per support episode")
-flags.DEFINE_integer("seed", 0, "random seed of the support rollouts")
-flags.DEFINE_list("split_fractions", ["0.70", "0.15", "0.15"], "train,val,test fractions")
+# The market-rule flags: every EnvConfig field, under its own name (--cost_model, --slippage_ticks, ...).
+ENV_FIELDS = ("cost_model", "cost_bps", "slippage_ticks", "lot_size", "dated_lots", "max_lots", "initial_capital",
+              "episode_sessions", "allow_overnight", "square_off_time", "split_fractions")
+# Without rules recorded in the model file: the EnvConfig defaults at the seed's Rs 1 lakh.
+ADAPT_ENV = EnvConfig(initial_capital=100_000.0)
+
+
+def flag_of(field: str) -> str:
+    return f"--{field}"
+
+
+def define_flags() -> None:
+    """This command's flags (idempotent: other commands' flags of the same name are left as they are)."""
+    def define(fn, name, default, help_text):
+        if name not in FLAGS:
+            fn(name, default, help_text)
+
+    model_note = " (default: the model's own training setting, else {})"
+    define(flags.DEFINE_string, "model", None, "a jaxtrade .pth file or an Orbax stage directory")
+    define(flags.DEFINE_string, "symbol", None, "symbol to adapt to (its processed Parquet file)")
+    define(flags.DEFINE_string, "processed_data_dir", "data/processed", "processed Parquet directory")
+    define(flags.DEFINE_string, "output_dir", None, "output directory (default checkpoints/adapted/{symbol})")
+    define(flags.DEFINE_integer, "steps", None, "inner adaptation steps (default: MAMLConfig.inner_loop_steps)")
+    define(flags.DEFINE_float, "inner_learning_rate", None, "inner SGD step size (default: MAMLConfig's)")
+    define(flags.DEFINE_integer, "support_sessions", 20, "most recent training sessions used as support data (0: all)")
+    define(flags.DEFINE_integer, "support_num_envs", 64, "parallel support episodes")
+    define(flags.DEFINE_integer, "support_num_steps", 256, "support rollout length (steps per env)")
+    define(flags.DEFINE_string, "split", "val", "split the before/after backtest runs on")
+    define(flags.DEFINE_integer, "seed", 0, "random seed of the support rollouts")
+    for field in ENV_FIELDS:
+        default = getattr(ADAPT_ENV, field)
+        help_text = f"market rule {field}" + model_note.format(default)
+        if isinstance(default, bool):
+            define(flags.DEFINE_boolean, field, default, help_text)
+        elif isinstance(default, int):
+            define(flags.DEFINE_integer, field, default, help_text)
+        elif isinstance(default, float):
+            define(flags.DEFINE_float, field, default, help_text)
+        elif isinstance(default, tuple):
+            define(flags.DEFINE_list, field, [str(v) for v in default], help_text)
+        else:
+            define(flags.DEFINE_string, field, default, help_text)
+
+
+def adapt_rules(model_meta, given: dict):
+    """(the EnvConfig to adapt and compare under, lines to print): the model's recorded rules, `given` (the
+    market-rule flags typed) overriding them with a notice each."""
+    from jaxtrade.policies import model_env_config, rules_for_model
+
+    return rules_for_model(model_env_config(model_meta, "--model"), ADAPT_ENV, given, flag_of)
+
+
+def build_envs(rules: EnvConfig, processed_dir, symbol: str, split: str, seed: int = 0):
+    """(float32 market, the training split's EnvParams for the support rollouts, float64 market, the backtest
+    config of the before/after comparison): everything from `rules` through `env.env_params`."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxtrade import backtest as B, env as E
+
+    market = E.market_for(rules, processed_dir, symbol)
+    support = E.env_params(rules, market, "train")
+    with jax.enable_x64(True):
+        market64 = E.market_for(rules, processed_dir, symbol, price_dtype=jnp.float64)
+    return market, support, market64, B.BacktestConfig(env=rules, split=split, seed=seed)
 
 
 def load_model(path):
@@ -78,20 +125,16 @@ def main(argv) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxtrade import backtest as B, data as D, env as E, export
+    from jaxtrade import backtest as B, env as E, export
     from jaxtrade.agents import maml
     from jaxtrade.agents.ppo import PPOConfig
     from jaxtrade.checkpoints import StageCheckpointer
-    from jaxtrade.costs import cost_model
     from jaxtrade.errors import InputError
-    from jaxtrade.policies import model_capital, policy_from_logits, training_env
+    from jaxtrade.policies import network_policy
 
     if not FLAGS.model or not FLAGS.symbol:
         raise InputError("--model and --symbol are required")
-    try:
-        fractions = tuple(float(x) for x in FLAGS.split_fractions)
-    except ValueError:
-        raise InputError(f"--split_fractions: expected numbers, got {FLAGS.split_fractions}") from None
+    given = cli.env_overrides(FLAGS, ENV_FIELDS, flag_of)
     cfg = maml.MAMLConfig()
     steps = cfg.inner_loop_steps if FLAGS.steps is None else FLAGS.steps
     if steps < 1:
@@ -104,28 +147,24 @@ def main(argv) -> int:
                       support_num_steps=FLAGS.support_num_steps)
     params, network, model_meta = load_model(FLAGS.model)
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
-    # The model's position features are a percentage of capital: adapt and compare at its training capital.
-    trained_env = training_env(model_meta if isinstance(model_meta, dict) else None) or {}
-    capital, line = model_capital(trained_env, FLAGS.initial_capital, FLAGS["initial_capital"].present,
-                                  "--initial_capital")
-    if line:
+    # The model adapts and is compared under the rules it trained with (its position features, for one, are a
+    # percentage of its training capital); a market-rule flag overrides one of them with a notice.
+    rules, lines = adapt_rules(model_meta, given)
+    for line in lines:
         print(line)
 
-    market = D.load_market(FLAGS.processed_data_dir, FLAGS.symbol, split_fractions=fractions)
+    market, env_params, market64, bt_cfg = build_envs(rules, FLAGS.processed_data_dir, FLAGS.symbol, FLAGS.split,
+                                                    FLAGS.seed)
     export.check_observation(model_meta, list(E.OBS_NAMES), f"--model {FLAGS.model}")
     lo, hi = market.splits["train"]
-    costs = cost_model(FLAGS.cost_model, as_of=market.session_dates[lo].astype(object)).params
-    env_params = E.make_params(market, "train", cost_params=costs, lot_size=FLAGS.lot_size or None,
-                               slippage_ticks=FLAGS.slippage_ticks, max_lots=FLAGS.max_lots,
-                               initial_capital=capital, episode_sessions=FLAGS.episode_sessions)
     n_actions = int(network.num_actions)
     if n_actions != env_params.num_actions:
-        raise InputError(f"--max_lots={FLAGS.max_lots} gives {env_params.num_actions} actions but the model has "
+        raise InputError(f"--max_lots={rules.max_lots} gives {env_params.num_actions} actions but the model has "
                          f"{n_actions}")
     sup_lo = lo if FLAGS.support_sessions <= 0 else max(lo, hi - FLAGS.support_sessions)
-    if hi - sup_lo < FLAGS.episode_sessions:
+    if hi - sup_lo < rules.episode_sessions:
         raise InputError(f"{FLAGS.symbol}: the support range has {hi - sup_lo} sessions, fewer than "
-                         f"--episode_sessions={FLAGS.episode_sessions}")
+                         f"--episode_sessions={rules.episode_sessions}")
     support_params = maml.with_range(env_params, sup_lo, hi)
     ppo_config = PPOConfig()
     inner_config = maml.inner_ppo_config(ppo_config, cfg)
@@ -149,33 +188,25 @@ def main(argv) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     net_cfg = export.network_config(network, obs_dim=len(E.OBS_NAMES))
     with jax.enable_x64(True):
-        market64 = D.load_market(FLAGS.processed_data_dir, FLAGS.symbol, split_fractions=fractions,
-                                 price_dtype=jnp.float64)
-        bt_cfg = B.BacktestConfig(split=FLAGS.split, cost_model=FLAGS.cost_model, slippage_ticks=FLAGS.slippage_ticks,
-                                  lot_size=FLAGS.lot_size or None, max_lots=FLAGS.max_lots,
-                                  initial_capital=capital, seed=FLAGS.seed)
         results = {}
         for name, p in (("before", params), ("after", adapted)):
-            pol = policy_from_logits(network.apply, jax.tree.map(jnp.asarray, p), f"{name} adaptation",
-                                     source=str(FLAGS.model))
+            pol = network_policy(network, p, f"{name} adaptation", source=str(FLAGS.model))
             results[name] = B.backtest(market64, pol, bt_cfg).metrics
-    adapted_env = {**trained_env, "cost_model": FLAGS.cost_model, "slippage_ticks": FLAGS.slippage_ticks,
-                   "lot_size": FLAGS.lot_size, "max_lots": FLAGS.max_lots, "initial_capital": capital,
-                   "episode_sessions": FLAGS.episode_sessions}
     record = {"source_model": str(FLAGS.model), "symbol": FLAGS.symbol, "steps": steps, "inner_learning_rate": lr,
-              "training_env": adapted_env,
+              "env_config": rules.to_dict(),
               "support_sessions": [int(sup_lo), int(hi)], "support_return": float(support_return),
               "inner_losses": [float(x) for x in losses], "split": FLAGS.split,
               "before": results["before"], "after": results["after"]}
     ckpt = StageCheckpointer(out_dir / "orbax", keep=1)
     ckpt.save(steps, {"params": adapted},
               {"stage": "adapted", "symbol": FLAGS.symbol, "network": net_cfg, "iteration": steps,
-               "complete": True, "record": maml._json_safe(record)})
+               "complete": True, "record": maml._json_safe(record), "env_config": rules.to_dict()})
     ckpt.close()
     pth = export.export_pth(out_dir / f"{FLAGS.symbol}_adapted.pth", adapted, network, symbol=FLAGS.symbol,
                             stage="adapted", obs_names=list(E.OBS_NAMES), scaler=market.scaler.to_dict(),
-                            metrics=results["after"], extra={k: v for k, v in maml._json_safe(record).items()
-                                                              if k not in ("before", "after")})
+                            metrics=results["after"], env_config=rules.to_dict(),
+                            extra={k: v for k, v in maml._json_safe(record).items()
+                                   if k not in ("before", "after", "env_config")})
     print(f"adapted {FLAGS.model} to {FLAGS.symbol}: {steps} inner steps (lr {lr:g}) on support sessions "
           f"[{sup_lo}, {hi}) of the training split ({cfg.support_num_envs} x {cfg.support_num_steps} steps); "
           f"inner loss {losses[0] if len(losses) else float('nan'):.4f} -> "
@@ -189,5 +220,10 @@ def main(argv) -> int:
     return 0
 
 
+def run_main(argv=None) -> None:
+    define_flags()
+    cli.run(main, argv)
+
+
 if __name__ == "__main__":
-    cli.run(main, sys.argv)
+    run_main()

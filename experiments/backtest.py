@@ -2,14 +2,18 @@
 
     python -m experiments.backtest [--process-data] [--raw-data-dir D] [--processed-data-dir D]
         [--symbols S ... | all] [--initial-capital X] [--report-file F] [--output-dir DIR]
-        [--split train|val|test|all] [--policy NAME | --model PATH] [--cost-model M] [--slippage-ticks N]
-        [--lot-size N] [--allow-overnight] [--checkpoint-dir D]
+        [--split train|val|test|all] [--policy NAME | --model PATH] [--cost-model M] [--cost-bps B]
+        [--slippage-ticks N] [--lot-size N] [--dated-lots] [--max-lots N] [--allow-overnight]
+        [--square-off-time HH:MM] [--split-fractions A,B,C] [--checkpoint-dir D]
 
 With neither --model nor --policy each symbol's model is found by the seed's loading priority
 (`{checkpoint_dir}/*/models/{symbol}_final_model.pth`, then MAML, MoE, PPO stage files, newest run first);
 without one the momentum baseline runs instead, and the output says which. The flat, buy-and-hold, random and
-momentum baselines always run beside it. Outputs are staged under temporary names and moved into place only
-when every symbol has finished, so a failed run leaves no report that looks complete.
+momentum baselines always run beside it, under the same market rules. A trained model runs under the rules it
+trained with (the `EnvConfig` its file records: costs, lots, slippage, capital, square-off, split fractions,
+...); a market-rule flag given on the command line overrides one of them and says so. Outputs are staged under
+temporary names and moved into place only when every symbol has finished, so a failed run leaves no report that
+looks complete.
 """
 
 from __future__ import annotations
@@ -28,6 +32,14 @@ FLAGS = flags.FLAGS
 DEFAULT_RAW_DIR = "data/raw"
 SPLITS = ("train", "val", "test", "all")
 COST_MODELS = ("zero", "bps", "nse_futures", "nse_options")
+# The market-rule flags (EnvConfig fields; episode_sessions does not apply: a backtest is one episode).
+ENV_FIELDS = ("cost_model", "cost_bps", "slippage_ticks", "lot_size", "dated_lots", "max_lots", "initial_capital",
+              "allow_overnight", "square_off_time", "split_fractions")
+
+
+def flag_of(field: str) -> str:
+    """The command's spelling of an EnvConfig field's flag (the seed's dashes)."""
+    return "--" + field.replace("_", "-")
 
 
 def define_flags() -> None:
@@ -53,27 +65,32 @@ def define_flags() -> None:
            "A baseline to backtest as the main policy: flat, buy_and_hold, random, momentum (momentum_N for "
            "N in 1, 5, 15, 60).")
     define(flags.DEFINE_string, "model", None, "A trained model: a .pth file or an Orbax stage directory.")
-    define(flags.DEFINE_enum, "cost_model", "nse_futures", list(COST_MODELS), "Transaction-cost model.")
-    define(flags.DEFINE_float, "slippage_ticks", 0.0, "Slippage per fill in ticks (0.05 points), against you.")
+    model_note = " (a trained model: its own training setting unless this flag is given)"
+    define(flags.DEFINE_enum, "cost_model", "nse_futures", list(COST_MODELS), "Transaction-cost model" + model_note)
+    define(flags.DEFINE_float, "cost_bps", 1.0, "Basis points of turnover for --cost-model bps" + model_note)
+    define(flags.DEFINE_float, "slippage_ticks", 0.0,
+           "Slippage per fill in ticks (0.05 points), against you" + model_note)
     define(flags.DEFINE_float, "lot_size", None,
-           "Units per lot (default: the symbol's current NSE lot; 1 for an unknown symbol).")
-    define(flags.DEFINE_boolean, "allow_overnight", False, "Hold positions across sessions (default intraday).")
+           "Units per lot (default: the symbol's current NSE lot; 1 for an unknown symbol)" + model_note)
+    define(flags.DEFINE_boolean, "dated_lots", False,
+           "Trade the NSE lot size in force on each session's date" + model_note)
+    define(flags.DEFINE_boolean, "allow_overnight", False, "Hold positions across sessions" + model_note)
+    define(flags.DEFINE_string, "square_off_time", "",
+           "HH:MM (IST): be flat from this bar on (default: the session's last bar)" + model_note)
+    define(flags.DEFINE_list, "split_fractions", ["0.7", "0.15", "0.15"],
+           "train,val,test session fractions" + model_note)
     define(flags.DEFINE_string, "checkpoint_dir", "checkpoints", "Where trained runs are looked for.")
-    define(flags.DEFINE_integer, "max_lots", 1, "Largest position in lots (actions -max_lots..max_lots).")
+    define(flags.DEFINE_integer, "max_lots", 1, "Largest position in lots (actions -max_lots..max_lots)" + model_note)
     define(flags.DEFINE_integer, "seed", 0, "Seed of the random baseline.")
     define(flags.DEFINE_boolean, "plots", True, "Write equity.png per symbol (needs matplotlib).")
 
 
 def _check_flags() -> None:
     F = FLAGS
-    if not F.initial_capital > 0:
-        raise InputError(f"--initial-capital must be positive, got {F.initial_capital:g}")
-    if not F.slippage_ticks >= 0:
-        raise InputError(f"--slippage-ticks must be >= 0, got {F.slippage_ticks:g}")
-    if F.lot_size is not None and not F.lot_size > 0:
+    if F.lot_size is not None and not F.lot_size > 0:  # EnvConfig's 0 (= the NSE lot) is not a lot size to type
         raise InputError(f"--lot-size must be positive, got {F.lot_size:g}")
-    if F.max_lots < 1:
-        raise InputError(f"--max-lots must be >= 1, got {F.max_lots}")
+    from jaxtrade.cli import env_overrides
+    env_overrides(F, ENV_FIELDS, flag_of)  # every market-rule flag checked before any work
     if F.model and F.policy:
         raise InputError("--model and --policy: give one of them, not both")
     if F.policy:
@@ -136,45 +153,33 @@ def _symbols(processed_dir: Path) -> list[str]:
     return list(dict.fromkeys(wanted))
 
 
-def _choose_policy(market, shared_model):
-    """(policy, one line saying what was chosen)."""
+def _find_model(symbol: str, shared_model):
+    """(a trained model's Policy or None, one line saying what was chosen, or None to decide later)."""
     from jaxtrade import policies as P
     F = FLAGS
     if shared_model is not None:
         return shared_model, f"model {shared_model.source}"
     if F.policy:
-        return P.make_baseline(F.policy, max_lots=F.max_lots, scaler=market.scaler), f"policy {F.policy}"
-    found = P.find_model(F.checkpoint_dir, market.symbol)
+        return None, f"policy {F.policy}"
+    found = P.find_model(F.checkpoint_dir, symbol)
     if found is not None:
         return P.load_policy(found), f"model {found} (loading priority final > maml > moe > ppo)"
-    looked = f"{F.checkpoint_dir}/*/models/{market.symbol}_{{final_model,maml_stage3_final,moe_stage2,ppo_stage1}}.pth"
-    return (P.make_baseline("momentum", max_lots=F.max_lots, scaler=market.scaler),
-            f"no trained model ({looked} not found): ran the momentum baseline instead")
+    looked = f"{F.checkpoint_dir}/*/models/{symbol}_{{final_model,maml_stage3_final,moe_stage2,ppo_stage1}}.pth"
+    return None, f"no trained model ({looked} not found): ran the momentum baseline instead"
 
 
-def _config_for(policy, config):
-    """(the backtest config for `policy`, lines to print). A trained model acts as in training only at its training
-    capital (its unrealised-PnL feature is a percentage of capital), so without `--initial-capital` the
-    model's own capital is used; cost and slippage stay the flags' (the seed's defaults) and a difference from
-    training is said."""
-    import dataclasses
+def symbol_setup(processed_dir, symbol: str, model, given: dict, split: str, seed: int = 0):
+    """(float64 market, BacktestConfig, lines to print) for one symbol: the model's own market rules (its
+    recorded EnvConfig) with `given` (the market-rule flags typed) overriding them, each said once; without a
+    model, the seed's defaults with `given`. The market is split as the rules say."""
+    import jax.numpy as jnp
 
-    from jaxtrade.policies import model_capital
-    env = getattr(policy, "training_env", None)
-    if not env:
-        return config, []
-    capital, line = model_capital(env, FLAGS.initial_capital, FLAGS["initial_capital"].present, "--initial-capital")
-    config = dataclasses.replace(config, initial_capital=capital)
-    lines = [line] if line else []
-    differs = []
-    if env.get("slippage_ticks") is not None and float(env["slippage_ticks"]) != config.slippage_ticks:
-        differs.append(f"slippage {float(env['slippage_ticks']):g} ticks (here {config.slippage_ticks:g})")
-    if env.get("cost_model") and env["cost_model"] != config.cost_model:
-        differs.append(f"cost model {env['cost_model']} (here {config.cost_model})")
-    if differs:
-        lines.append(f"trained with {', '.join(differs)}: pass --slippage-ticks / --cost-model to backtest as "
-                     f"trained")
-    return config, lines
+    from jaxtrade import backtest as B, env as E
+    from jaxtrade.policies import rules_for_model
+
+    rules, lines = rules_for_model(getattr(model, "env_config", None), B.BACKTEST_ENV, given, flag_of)
+    market = E.market_for(rules, processed_dir, symbol, price_dtype=jnp.float64)
+    return market, B.BacktestConfig(env=rules, split=split, seed=seed), lines
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -201,15 +206,12 @@ def main(argv) -> int:
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # no "Unable to initialize TPU" line
     from jaxtrade import backtest as B
     B.enable_x64()
-    import jax.numpy as jnp
     from jaxtrade import policies as P, report as R
-    from jaxtrade.data import load_market
 
-    markets = [load_market(processed_dir, s, price_dtype=jnp.float64) for s in symbols]
+    from jaxtrade.cli import env_overrides
+    given = env_overrides(F, ENV_FIELDS, flag_of)
     shared_model = P.load_policy(F.model) if F.model else None
-    config = B.BacktestConfig(split=F.split, cost_model=F.cost_model, slippage_ticks=F.slippage_ticks,
-                              lot_size=F.lot_size, allow_overnight=F.allow_overnight,
-                              initial_capital=F.initial_capital, max_lots=F.max_lots, seed=F.seed)
+    found = {symbol: _find_model(symbol, shared_model) for symbol in symbols}  # every model loaded up front
 
     out_dir = Path(F.output_dir)
     report_path = Path(F.report_file) if F.report_file else out_dir / "backtest_report.txt"
@@ -224,20 +226,22 @@ def main(argv) -> int:
     try:
         staging.mkdir()
         per_symbol, notices, capitals = [], [], {}
-        for market in markets:
+        for symbol in symbols:
             t_sym = time.perf_counter()
-            policy, chosen = _choose_policy(market, shared_model)
-            print(f"{market.symbol}: {chosen}", flush=True)
-            sym_config, lines = _config_for(policy, config)
+            model, chosen = found[symbol]
+            market, config, lines = symbol_setup(processed_dir, symbol, model, given, F.split, F.seed)
+            rules = config.env
+            policy = model or P.make_baseline(F.policy or "momentum", max_lots=rules.max_lots, scaler=market.scaler)
+            print(f"{symbol}: {chosen}", flush=True)
             for line in lines:
-                print(f"{market.symbol}: {line}", flush=True)
-            capitals[market.symbol] = sym_config.initial_capital
-            others = [P.make_baseline(name, max_lots=F.max_lots, scaler=market.scaler)
+                print(f"{symbol}: {line}", flush=True)
+            capitals[symbol] = rules.initial_capital
+            others = [P.make_baseline(name, max_lots=rules.max_lots, scaler=market.scaler)
                       for name in P.BASELINES if name != policy.name or policy.source]
-            main_result, *baselines = B.backtest_many(market, [policy, *others], sym_config)
-            notices += R.write_symbol_outputs(main_result, baselines, staging / market.symbol, plot=F.plots)
+            main_result, *baselines = B.backtest_many(market, [policy, *others], config)
+            notices += R.write_symbol_outputs(main_result, baselines, staging / symbol, plot=F.plots)
             per_symbol.append((main_result, baselines))
-            print(f"{market.symbol}: {F.split} split {main_result.start[:10]} .. {main_result.end[:10]}, "
+            print(f"{symbol}: {F.split} split {main_result.start[:10]} .. {main_result.end[:10]}, "
                   f"{main_result.num_bars:,} bars, {main_result.num_sessions} sessions; "
                   f"{1 + len(baselines)} policies in {time.perf_counter() - t_sym:.1f} s", flush=True)
         if len(set(capitals.values())) == 1:
@@ -248,8 +252,8 @@ def main(argv) -> int:
         text = R.render_report(per_symbol, header)
         report_tmp.write_text(text)
         # Commit: every symbol's directory, then the report (the last file to appear).
-        for market in markets:
-            _replace_dir(staging / market.symbol, out_dir / market.symbol)
+        for symbol in symbols:
+            _replace_dir(staging / symbol, out_dir / symbol)
         report_tmp.replace(report_path)
         committed = True
     finally:

@@ -23,6 +23,7 @@ import time
 from absl import app, flags
 
 from jaxtrade import cli
+from jaxtrade.env import EnvConfig
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("processed_data_dir", None, "processed Parquet directory (default: a synthetic market)")
@@ -33,6 +34,10 @@ flags.DEFINE_integer("iterations", 0, "iterations per timed run (0: per-config d
 flags.DEFINE_integer("num_envs", 0, "override num_envs of every config (0: keep)")
 
 COMMANDS = ("env", "ppo", "maml", "moe")
+
+# The market rules every training bench runs under (the training defaults: NSE futures costs, 1 tick of
+# slippage, one-session episodes), built into EnvParams by `env.env_params` like every other consumer's.
+BENCH_ENV = EnvConfig()
 
 
 def bench_env(argv) -> None:
@@ -92,28 +97,34 @@ def _ppo_configs():
 def _bench_market(tmp: str):
     """(symbol, market): --processed_data_dir/--symbol (first symbol by default), else a synthetic market
     written into `tmp`."""
-    from jaxtrade.data import list_symbols, load_market
+    from jaxtrade.data import list_symbols
+    from jaxtrade.env import market_for
 
     if FLAGS.processed_data_dir:
         symbol = FLAGS.symbol or (list_symbols(FLAGS.processed_data_dir) or [None])[0]
         if symbol is None:
             raise cli.InputError(f"{FLAGS.processed_data_dir}: no processed symbols")
-        return symbol, load_market(FLAGS.processed_data_dir, symbol)
+        return symbol, market_for(BENCH_ENV, FLAGS.processed_data_dir, symbol)
     symbol = _synthetic_market_dir(tmp)
-    return symbol, load_market(tmp, symbol)
+    return symbol, market_for(BENCH_ENV, tmp, symbol)
+
+
+def bench_env_params(market, config=None):
+    """The training split's EnvParams under `config` (default `BENCH_ENV`), through `env.env_params`."""
+    from jaxtrade.env import env_params
+
+    return env_params(config or BENCH_ENV, market, "train")
 
 
 def _training_bench_setup(tmp: str):
     """(symbol, market, train env params, the selected `_ppo_configs`) for the training benches: the market
     from --processed_data_dir/--symbol, else a synthetic one written into `tmp`."""
-    from jaxtrade import env as trading_env
-
     symbol, market = _bench_market(tmp)
     configs = _ppo_configs()
     unknown = [c for c in FLAGS.configs if c not in configs]
     if unknown:
         raise cli.InputError(f"--configs: unknown {', '.join(unknown)} (choose from {', '.join(configs)})")
-    return symbol, market, trading_env.make_params(market, "train"), configs
+    return symbol, market, bench_env_params(market), configs
 
 
 def bench_ppo(argv) -> None:
@@ -160,13 +171,12 @@ def bench_maml(argv) -> None:
 
     import jax
 
-    from jaxtrade import env as trading_env
     from jaxtrade.agents import maml
     from jaxtrade.agents.ppo import PPOConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         symbol, market = _bench_market(tmp)
-        env_params = trading_env.make_params(market, "train")
+        env_params = bench_env_params(market)
         device = jax.devices()[0]
         iters = FLAGS.iterations or 3
         for first_order in (True, False):

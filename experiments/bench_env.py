@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtrade import env
-from jaxtrade.costs import cost_model
 
 DEFAULT_SIZES = (1, 256, 4096, 16384)
 
@@ -73,8 +72,8 @@ def bench_env(market=None, sizes=DEFAULT_SIZES, repeats: int = 5, target_steps: 
               symbol: str | None = None, emit=print):
     if market is None:
         market = _random_walk_market()
-    params = env.make_params(market, split="train", cost_params=cost_model("nse_futures").params,
-                             slippage_ticks=1, episode_sessions=1)
+    # The default market rules (NSE futures costs, 1 tick of slippage, one-session episodes), the one path.
+    params = env.env_params(env.EnvConfig(split_fractions=market.split_fractions), market, "train")
     device = str(jax.devices()[0].device_kind)
     results = []
     for n in sizes:

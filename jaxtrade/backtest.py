@@ -1,20 +1,20 @@
 """Run a policy deterministically over a split of one symbol, through the environment's own `step`.
 
     enable_x64()                                   # before loading data: money in float64
-    market = load_market(dir, "NIFTY", price_dtype=jnp.float64)
-    result = backtest(market, policy, split="test", cost_model="nse_futures")
+    market = env.market_for(env_config, dir, "NIFTY", price_dtype=jnp.float64)
+    result = backtest(market, policy, BacktestConfig(env=env_config, split="test"))
     result.equity, result.trades, result.metrics   # DESIGN section 6's tables, section 7's metrics
 
-One environment, the whole split as one episode (`episode_sessions=None`, `env.reset_to(params, 0)`), a
-`lax.scan` over the bars, compiled once per policy and market shape. The per-bar ledger comes from the step's
-`info`; round trips are rebuilt on the host from the position path and the fill prices, splitting a sign
-flip's order cost between the closing and the opening trip exactly as `env.step` does.
+One environment, the whole split as one episode (`env.env_params(config.env, market, split, whole_split=True)`,
+the same path that builds the training env, so a model is judged under the rules it trained with), a
+`lax.scan` over the bars. The per-bar ledger and the round trips are the step's own `info` (its fills,
+their costs and the net PnL of each trip it closes), collected: nothing about fills is recomputed here.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import datetime as _dt
 import time
 from typing import Any
 
@@ -22,16 +22,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtrade import contracts, env as E, metrics as M
-from jaxtrade.costs import CostParams, cost_model as make_cost_model, order_cost
+from jaxtrade import env as E, metrics as M
 from jaxtrade.data import IST_OFFSET_NS, Market
+from jaxtrade.env import EnvConfig
 from jaxtrade.errors import InputError
-from jaxtrade.policies import Policy
+from jaxtrade.policies import BoundAct, Policy
 
 SPLIT_CHOICES = ("train", "val", "test", "all")
-EQUITY_COLUMNS = ("timestamp", "close", "position", "cash", "equity", "costs")
+# DESIGN section 6, then the columns that make the file replayable alone: `target` lots held from the bar's
+# open fill (`fill_qty` units at `fill_price`, against `open`) to its close, where the square-off (if any)
+# trades `square_off_qty` units at `square_off_price`, leaving `position`; units are lots x `lot_size`.
+EQUITY_COLUMNS = ("timestamp", "close", "position", "cash", "equity", "costs", "open", "target", "lot_size",
+                  "fill_qty", "fill_price", "square_off_qty", "square_off_price")
 TRADE_COLUMNS = ("entry_time", "exit_time", "side", "lots", "entry_price", "exit_price", "gross_pnl", "costs",
                  "net_pnl")
+# The seed's run_backtest defaults (Rs 1 lakh, no slippage); a trained model brings its own EnvConfig.
+BACKTEST_ENV = EnvConfig(initial_capital=100_000.0, slippage_ticks=0.0)
 
 
 def enable_x64() -> None:
@@ -41,17 +47,19 @@ def enable_x64() -> None:
 
 @dataclasses.dataclass(frozen=True)
 class BacktestConfig:
+    """The market rules (`env`, an `EnvConfig`) and what to run over them."""
+
+    env: EnvConfig = BACKTEST_ENV
     split: str = "test"
-    cost_model: str = "nse_futures"
-    slippage_ticks: float = 0.0
-    tick_size: float = contracts.TICK_SIZE
-    lot_size: float | None = None  # None: the symbol's current NSE lot (1 for an unknown symbol)
-    allow_overnight: bool = False
-    initial_capital: float = 100_000.0
-    max_lots: int = 1
     seed: int = 0  # the random baseline's key stream
-    cost_as_of: _dt.date | None = None  # rates (STT) in force on this date; None: the split's first session
     bootstrap_resamples: int = 2000
+
+    def replace(self, **changes) -> "BacktestConfig":
+        """Like `dataclasses.replace`; `EnvConfig` field names (lot_size=50, ...) change `env`."""
+        env_fields = {f.name for f in dataclasses.fields(EnvConfig)}
+        env_changes = {k: changes.pop(k) for k in list(changes) if k in env_fields}
+        config = dataclasses.replace(self, **changes)
+        return dataclasses.replace(config, env=config.env.replace(**env_changes)) if env_changes else config
 
 
 @dataclasses.dataclass
@@ -69,14 +77,24 @@ class BacktestResult:
     end: str
     num_bars: int
     num_sessions: int
-    cost_model: str
-    lot_size: float
-    slippage_ticks: float
-    initial_capital: float
-    allow_overnight: bool
+    cost_model: str  # the model's name and the date of its rates
+    lot_size: float  # at the split's first bar
+    env: EnvConfig  # the market rules it ran under
     synthetic: bool
     env_stats: dict[str, Any]  # the environment's own per-episode statistics (cross-check)
     wall_s: float
+
+    @property
+    def initial_capital(self) -> float:
+        return float(self.env.initial_capital)
+
+    @property
+    def slippage_ticks(self) -> float:
+        return float(self.env.slippage_ticks)
+
+    @property
+    def allow_overnight(self) -> bool:
+        return bool(self.env.allow_overnight)
 
     def metrics_record(self) -> dict:
         """metrics.json: section 7's keys + symbol, model, split, start, end, the Sharpe CI and context."""
@@ -88,50 +106,63 @@ class BacktestResult:
                    verdict=self.verdict, bars=self.num_bars, sessions=self.num_sessions,
                    cost_model=self.cost_model, lot_size=self.lot_size, slippage_ticks=self.slippage_ticks,
                    initial_capital=self.initial_capital, final_equity=float(self.equity["equity"][-1]),
-                   allow_overnight=self.allow_overnight, synthetic=self.synthetic)
+                   allow_overnight=self.allow_overnight, synthetic=self.synthetic, env_config=self.env.to_dict())
         return rec
 
 
 def build_env(market: Market, config: BacktestConfig) -> tuple[E.EnvParams, str]:
-    """EnvParams for the whole split as one episode; returns (params, cost model name)."""
+    """EnvParams for the whole split as one episode (through `env.env_params`); returns (params, cost model
+    name with the date of its rates)."""
     if config.split not in SPLIT_CHOICES:
         raise InputError(f"--split: unknown split {config.split!r} (choose from {', '.join(SPLIT_CHOICES)})")
     if market.data.close.dtype != jnp.float64:
         raise ValueError("the backtester keeps money in float64: call jaxtrade.backtest.enable_x64() before "
                          "loading the market (load_market(..., price_dtype=jnp.float64))")
-    if config.initial_capital <= 0:
-        raise InputError(f"--initial_capital must be positive, got {config.initial_capital:g}")
-    if config.slippage_ticks < 0:
-        raise InputError(f"--slippage_ticks must be >= 0, got {config.slippage_ticks:g}")
+    params = E.env_params(config.env, market, config.split, whole_split=True)
+    model = E.cost_model_for(config.env, market, config.split)
     lo, _ = market.splits[config.split]
-    as_of = config.cost_as_of or market.session_dates[lo].astype(object)
-    model = make_cost_model(config.cost_model, as_of=as_of)
-    params = E.make_params(market, config.split, cost_params=model.params, lot_size=config.lot_size,
-                           slippage_ticks=config.slippage_ticks, tick_size=config.tick_size,
-                           max_lots=config.max_lots, initial_capital=config.initial_capital,
-                           episode_sessions=None, allow_overnight=config.allow_overnight)
-    name = f"{model.name} (rates as of {as_of})" if model.name.startswith("nse") else model.name
+    name = f"{model.name} (rates as of {market.session_dates[lo]})" if model.name.startswith("nse") else model.name
     return params, name
 
 
-_RUNNERS: dict[Any, Any] = {}
-_LEDGER_FIELDS = ("bar", "position", "fill_price", "costs", "pnl", "cash", "equity")
+# Compiled backtest programs, keyed by the policies' static act functions (a trained model's parameters are
+# arguments, so another model of the same architecture reuses the program); least recently used dropped first.
+MAX_RUNNERS = 8
+_RUNNERS: collections.OrderedDict = collections.OrderedDict()
+_LEDGER_FIELDS = ("bar", "position", "target", "lot_size", "costs", "cash", "equity", "fill_qty", "fill_price",
+                  "fill_cost", "fill_cost_closing", "fill_closes", "fill_opens", "fill_closed_pnl", "square_qty",
+                  "square_price", "square_cost", "square_closes", "square_closed_pnl")
 _STAT_FIELDS = ("num_trades", "wins", "gross_profit", "gross_loss", "max_drawdown", "final_equity", "total_costs")
 
 
-def _runner(acts: tuple):
-    """jit(scan over the split) running every `act` in `acts` side by side (vmap over a policy index, one
-    `lax.switch`), so several policies cost one compilation per market shape. Cached by the act functions."""
-    fn = _RUNNERS.get(acts)
+def _split_act(act) -> tuple[Any, Any]:
+    """(static act function of (params, key, obs), its parameters)."""
+    if isinstance(act, BoundAct):
+        return act.fn, act.params
+    return _Unbound(act), None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Unbound:
+    act: Any
+
+    def __call__(self, params, key, obs):
+        del params
+        return self.act(key, obs)
+
+
+def _runner(fns: tuple):
+    """jit(scan over the split) running every act function in `fns` side by side (vmap over a policy index, one
+    `lax.switch`), so several policies cost one compilation per market shape."""
+    fn = _RUNNERS.get(fns)
     if fn is not None:
+        _RUNNERS.move_to_end(fns)
         return fn
 
-    def one_policy(params, keys, index):
+    def one_policy(params, keys, policy_params, index):
         def act(k, obs):
-            if len(acts) == 1:
-                return jnp.asarray(acts[0](k, obs), jnp.int32)
-            branches = [lambda k, o, a=a: jnp.asarray(a(k, o), jnp.int32) for a in acts]
-            return jax.lax.switch(index, branches, k, obs)
+            branches = [lambda k, o, f=f, p=p: jnp.asarray(f(p, k, o), jnp.int32) for f, p in zip(fns, policy_params)]
+            return branches[0](k, obs) if len(fns) == 1 else jax.lax.switch(index, branches, k, obs)
 
         def body(carry, k):
             obs, state = carry
@@ -147,10 +178,13 @@ def _runner(acts: tuple):
         return ledger, jax.tree.map(lambda x: x[-1], stats)
 
     @jax.jit
-    def scan(params, keys):
-        return jax.vmap(one_policy, in_axes=(None, None, 0))(params, keys, jnp.arange(len(acts)))
+    def scan(params, keys, policy_params):
+        return jax.vmap(one_policy, in_axes=(None, None, None, 0))(params, keys, policy_params,
+                                                                   jnp.arange(len(fns)))
 
-    _RUNNERS[acts] = scan
+    _RUNNERS[fns] = scan
+    while len(_RUNNERS) > MAX_RUNNERS:
+        _RUNNERS.popitem(last=False)
     return scan
 
 
@@ -158,7 +192,8 @@ def run_ledgers(params: E.EnvParams, policies, num_steps: int, seed: int = 0):
     """Per policy: the per-step ledger (numpy) over `num_steps` bars after the episode's first bar, and the
     environment's final episode statistics. All policies run in one compiled scan, with the same key stream."""
     keys = jax.random.split(jax.random.key(seed), num_steps)
-    ledger, stats = jax.device_get(_runner(tuple(p.act for p in policies))(params, keys))
+    fns, policy_params = zip(*(_split_act(p.act) for p in policies))
+    ledger, stats = jax.device_get(_runner(tuple(fns))(params, keys, tuple(policy_params)))
     out = []
     for i in range(len(policies)):
         led = {k: np.asarray(v[i]) for k, v in ledger.items()}
@@ -167,102 +202,63 @@ def run_ledgers(params: E.EnvParams, policies, num_steps: int, seed: int = 0):
     return out
 
 
-def _order_cost_np(costs: CostParams, qty: np.ndarray, price: np.ndarray) -> np.ndarray:
-    return np.asarray(order_cost(costs, jnp.asarray(qty, jnp.float64), jnp.asarray(price, jnp.float64)),
-                      np.float64)
+def collect_trades(ledger: dict[str, np.ndarray], timestamps: np.ndarray) -> dict[str, np.ndarray]:
+    """Round trips from the environment's fills (`ledger`: a `run_ledgers` ledger; `timestamps`: per bar).
 
-
-def reconstruct_trades(*, bars: np.ndarray, action: np.ndarray, open_: np.ndarray, close: np.ndarray,
-                       lot_size: np.ndarray, flags: np.ndarray, timestamps: np.ndarray, max_lots: int,
-                       slippage: float, allow_overnight: bool, costs: CostParams,
-                       ledger_costs: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Round trips from the position path (host, float64), mirroring `env.step`'s fills.
-
-    Per step at bar b (t+1): the target `action - max_lots` (flat where MUST_BE_FLAT) fills at open[b] +/-
-    slippage; at a square-off (session's last bar when intraday, and the episode's last step) the position
-    closes at close[b] -/+ slippage. A round trip ends when the position returns to 0 or flips sign; a flip's
-    order cost goes to the closing trip in proportion |old units| / |order units|, the rest to the new trip.
-    Prices are volume-weighted fills: entry over orders that grow the position, exit over those that shrink it.
-    """
-    bars = np.asarray(bars, np.int64)
-    n = len(bars)
-    must_flat = (np.asarray(flags)[bars] & E.MUST_BE_FLAT) != 0
-    tgt_lots = np.where(must_flat, 0, np.asarray(action, np.int64) - max_lots)
-    lot = np.asarray(lot_size, np.float64)[bars]
-    tgt_units = tgt_lots * lot
-    last = (np.asarray(flags)[bars] & E.LAST_BAR) != 0
-    square = (last & (not allow_overnight)) | (np.arange(n) == n - 1)
-    after_units = np.where(square, 0.0, tgt_units)
-    prev_units = np.r_[0.0, after_units[:-1]]
-    qty = tgt_units - prev_units
-    fill = np.asarray(open_, np.float64)[bars] + slippage * np.sign(qty)
-    qty_sq = np.where(square, -tgt_units, 0.0)
-    fill_sq = np.asarray(close, np.float64)[bars] + slippage * np.sign(qty_sq)
-    cost_open = _order_cost_np(costs, qty, fill)
-    cost_sq = _order_cost_np(costs, qty_sq, fill_sq)
-    if ledger_costs is not None:
-        scale = np.maximum(np.abs(ledger_costs), 1.0)
-        if np.any(np.abs(cost_open + cost_sq - ledger_costs) > 1e-9 * scale):
-            raise AssertionError("trade reconstruction disagrees with the environment's costs")
-
+    A trip starts where the env says an order opens one and ends where it says one closes (at an open fill or
+    at the square-off); its net PnL is the env's, its costs the fills' shares the env charged it, entry and exit
+    prices the unit-weighted fills that grew and shrank it. The gross PnL from the fills' cash flow less the
+    costs must equal the env's net PnL: a cross-check of the two ledgers."""
     rows: dict[str, list] = {c: [] for c in TRADE_COLUMNS}
     trip: dict[str, Any] | None = None
-    cur = 0.0  # units held
 
-    def is_zero(x, ref):
-        return abs(x) <= 1e-9 * max(abs(ref), 1.0)
+    def move(t, units, price, cost):
+        t["flow"] -= units * price
+        t["costs"] += cost
+        side = "in" if units * t["side"] > 0 else "out"
+        t[f"{side}_q"] += abs(units)
+        t[f"{side}_v"] += abs(units) * price
+        t["held"] += units
+        t["max_units"] = max(t["max_units"], abs(t["held"]))
 
-    def start(units, price, cost, i):
-        return {"entry_i": i, "side": 1 if units > 0 else -1, "max_units": abs(units), "lot": lot[i],
-                "flow": -units * price, "costs": cost, "in_q": abs(units), "in_v": abs(units) * price,
-                "out_q": 0.0, "out_v": 0.0}
-
-    def finish(t, i):
+    def finish(t, i, net):
         gross = t["flow"]
-        rows["entry_time"].append(timestamps[bars[t["entry_i"]]])
-        rows["exit_time"].append(timestamps[bars[i]])
+        if abs(gross - t["costs"] - net) > 1e-6 * max(abs(gross), abs(net), 1.0):
+            raise AssertionError(f"round trip PnL {gross - t['costs']} disagrees with the environment's {net}")
+        rows["entry_time"].append(timestamps[t["entry_bar"]])
+        rows["exit_time"].append(timestamps[ledger["bar"][i]])
         rows["side"].append(t["side"])
         rows["lots"].append(t["max_units"] / t["lot"])
         rows["entry_price"].append(t["in_v"] / t["in_q"])
         rows["exit_price"].append(t["out_v"] / t["out_q"])
         rows["gross_pnl"].append(gross)
         rows["costs"].append(t["costs"])
-        rows["net_pnl"].append(gross - t["costs"])
+        rows["net_pnl"].append(net)
 
-    def order(q, price, cost, i):
-        nonlocal trip, cur
-        if q == 0.0:
-            return
-        new = cur + q
-        if trip is None:  # opening from flat
-            trip = start(q, price, cost, i)
-        elif not is_zero(new, cur) and np.sign(new) != np.sign(cur):  # a flip: close, then open the rest
-            share = min(abs(cur) / abs(q), 1.0)
-            trip["flow"] += cur * price  # sells/buys back -cur units
-            trip["costs"] += cost * share
-            trip["out_q"] += abs(cur)
-            trip["out_v"] += abs(cur) * price
-            finish(trip, i)
-            trip = start(new, price, cost * (1.0 - share), i)
-        else:
-            trip["flow"] -= q * price
-            trip["costs"] += cost
-            if abs(new) > abs(cur):
-                trip["in_q"] += abs(q)
-                trip["in_v"] += abs(q) * price
-                trip["max_units"] = max(trip["max_units"], abs(new))
-            else:
-                trip["out_q"] += abs(q)
-                trip["out_v"] += abs(q) * price
-            if is_zero(new, cur):
-                finish(trip, i)
-                trip = None
-                new = 0.0
-        cur = new
+    def start(i, units, price, cost):
+        t = {"entry_bar": ledger["bar"][i], "side": 1 if units > 0 else -1, "lot": float(ledger["lot_size"][i]),
+             "flow": 0.0, "costs": 0.0, "in_q": 0.0, "in_v": 0.0, "out_q": 0.0, "out_v": 0.0, "held": 0.0,
+             "max_units": 0.0}
+        move(t, units, price, cost)
+        return t
 
-    for i in np.flatnonzero((qty != 0) | (qty_sq != 0)):
-        order(qty[i], fill[i], cost_open[i], i)
-        order(qty_sq[i], fill_sq[i], cost_sq[i], i)
+    for i in np.flatnonzero((ledger["fill_qty"] != 0) | (ledger["square_qty"] != 0)):
+        q, price, cost = float(ledger["fill_qty"][i]), float(ledger["fill_price"][i]), float(ledger["fill_cost"][i])
+        if ledger["fill_closes"][i]:
+            share = float(ledger["fill_cost_closing"][i])
+            closing = -trip["held"]
+            move(trip, closing, price, share)
+            finish(trip, i, float(ledger["fill_closed_pnl"][i]))
+            trip, q, cost = None, q - closing, cost - share
+        if ledger["fill_opens"][i]:
+            trip = start(i, q, price, cost)
+        elif q != 0.0:
+            move(trip, q, price, cost)
+        if ledger["square_closes"][i]:
+            move(trip, float(ledger["square_qty"][i]), float(ledger["square_price"][i]),
+                 float(ledger["square_cost"][i]))
+            finish(trip, i, float(ledger["square_closed_pnl"][i]))
+            trip = None
     if trip is not None:  # cannot happen: the episode's last step squares off
         raise AssertionError("a round trip is still open at the end of the backtest")
 
@@ -289,14 +285,14 @@ def backtest(market: Market, policy: Policy, config: BacktestConfig | None = Non
 def backtest_many(market: Market, policies, config: BacktestConfig | None = None, **overrides
                   ) -> list[BacktestResult]:
     """Backtest several policies on one market and split in one compiled program (same env, same keys)."""
-    config = dataclasses.replace(config or BacktestConfig(), **overrides)
+    config = (config or BacktestConfig()).replace(**overrides)
+    max_lots = config.env.max_lots
     for policy in policies:
         # A model trained for another position limit would have its actions silently re-read as other targets.
         n = policy.num_actions
-        if n is not None and n != 2 * config.max_lots + 1:
+        if n is not None and n != 2 * max_lots + 1:
             raise InputError(f"{policy.source or policy.name}: the model has {n} actions (max lots {(n - 1) // 2}) "
-                             f"but --max-lots={config.max_lots} gives {2 * config.max_lots + 1}; pass "
-                             f"--max-lots {(n - 1) // 2}")
+                             f"but --max-lots={max_lots} gives {2 * max_lots + 1}; pass --max-lots {(n - 1) // 2}")
     t0 = time.perf_counter()
     params, cost_name = build_env(market, config)
     lo_bar, hi_bar = market.split_bars(config.split)
@@ -318,23 +314,25 @@ def _result(market, config, params, cost_name, policy, ledger, stats, wall) -> B
         raise AssertionError("the backtest episode does not cover the split exactly once")
 
     ts = market.timestamps
-    close = np.asarray(market.data.close, np.float64)
-    open_ = np.asarray(market.data.open, np.float64)
-    cap = float(config.initial_capital)
+    cap = float(config.env.initial_capital)
+    first = lambda name, x: np.r_[x, ledger[name]]  # noqa: E731 - row 0: the split's first bar, before any order
+    lot_arr = np.asarray(params.lot_size, np.float64)
     equity = {
         "timestamp": ts[lo_bar:hi_bar],
-        "close": close[lo_bar:hi_bar],
-        "position": np.r_[0, ledger["position"]].astype(np.int32),
-        "cash": np.r_[cap, ledger["cash"]].astype(np.float64),
-        "equity": np.r_[cap, ledger["equity"]].astype(np.float64),
-        "costs": np.r_[0.0, ledger["costs"]].astype(np.float64),
+        "close": np.asarray(market.data.close, np.float64)[lo_bar:hi_bar],
+        "position": first("position", 0).astype(np.int32),
+        "cash": first("cash", cap).astype(np.float64),
+        "equity": first("equity", cap).astype(np.float64),
+        "costs": first("costs", 0.0).astype(np.float64),
+        "open": np.asarray(market.data.open, np.float64)[lo_bar:hi_bar],
+        "target": first("target", 0).astype(np.int32),
+        "lot_size": first("lot_size", lot_arr[lo_bar]).astype(np.float64),
+        "fill_qty": first("fill_qty", 0.0).astype(np.float64),
+        "fill_price": first("fill_price", float(market.data.open[lo_bar])).astype(np.float64),
+        "square_off_qty": first("square_qty", 0.0).astype(np.float64),
+        "square_off_price": first("square_price", float(market.data.close[lo_bar])).astype(np.float64),
     }
-    lot_arr = np.asarray(params.lot_size, np.float64)
-    trades = reconstruct_trades(
-        bars=bars, action=ledger["action"], open_=open_, close=close, lot_size=lot_arr,
-        flags=np.asarray(params.bar_flags), timestamps=ts, max_lots=params.max_lots,
-        slippage=float(params.slippage), allow_overnight=config.allow_overnight,
-        costs=jax.tree.map(float, params.costs), ledger_costs=ledger["costs"])
+    trades = collect_trades(ledger, ts)
     session = np.asarray(market.data.session)[lo_bar:hi_bar]
     raw = M.compute_metrics(equity["equity"], session, equity["position"], equity["costs"], trades["net_pnl"],
                             cap)
@@ -353,8 +351,7 @@ def _result(market, config, params, cost_name, policy, ledger, stats, wall) -> B
         trades=trades, metrics=metrics, daily_returns=daily, sharpe_ci=ci,
         verdict=verdict, start=_fmt_day(ts[lo_bar]), end=_fmt_day(ts[hi_bar - 1]),
         num_bars=hi_bar - lo_bar, num_sessions=s_hi - s_lo, cost_model=cost_name,
-        lot_size=float(lot_arr[lo_bar]), slippage_ticks=float(config.slippage_ticks), initial_capital=cap,
-        allow_overnight=bool(config.allow_overnight), synthetic=market.synthetic, env_stats=stats,
+        lot_size=float(lot_arr[lo_bar]), env=config.env, synthetic=market.synthetic, env_stats=stats,
         wall_s=wall + time.perf_counter() - t0)
 
 

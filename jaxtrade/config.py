@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from jaxtrade.agents.ppo import PPOConfig
-from jaxtrade.costs import COST_MODELS
-from jaxtrade.data import SPLITS, check_split_fractions
-from jaxtrade.env import parse_square_off_time
+from jaxtrade.data import SPLITS
+from jaxtrade.env import EnvConfig
 from jaxtrade.errors import InputError
 
 ON_FAIL = ("continue", "extend", "stop")
@@ -64,42 +63,6 @@ class RunConfig:
         for name in ("eval_split", "report_split"):  # checked now, not after hours of training
             if getattr(self, name) not in SPLITS:
                 raise InputError(f"--{name}: unknown split {getattr(self, name)!r} (choose from {', '.join(SPLITS)})")
-
-
-@dataclasses.dataclass(frozen=True)
-class EnvConfig:
-    cost_model: str = "nse_futures"  # zero | bps | nse_futures | nse_options
-    cost_bps: float = 1.0  # for cost_model=bps
-    slippage_ticks: float = 1.0
-    lot_size: float = 0.0  # 0: the symbol's current NSE lot size
-    dated_lots: bool = False  # trade the lot size in force on each session's date
-    max_lots: int = 1
-    # Rs 20 lakh: about one lot's contract value (NSE sets it at Rs 15-20 lakh), so one lot is ~1x leverage.
-    # The seed's Rs 1 lakh cannot even margin one NIFTY lot; run_backtest.py keeps it as its default.
-    initial_capital: float = 2_000_000.0
-    episode_sessions: int = 1
-    allow_overnight: bool = False
-    square_off_time: str = ""  # "HH:MM" IST; empty: square off at the session's last bar
-    split_fractions: tuple[float, ...] = (0.70, 0.15, 0.15)
-
-    def __post_init__(self):
-        """Checked when the flags are read, before any data is loaded or a run folder is made; the errors
-        name the flag the user typed (the library functions behind them say `--cost_model`, `--lot_size`)."""
-        if self.cost_model not in COST_MODELS:
-            raise InputError(f"--env.cost_model: unknown cost model {self.cost_model!r} (choose from "
-                             f"{', '.join(COST_MODELS)})")
-        for name in ("cost_bps", "slippage_ticks", "lot_size"):
-            if not getattr(self, name) >= 0:  # also refuses NaN
-                raise InputError(f"--env.{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_lots < 1:
-            raise InputError(f"--env.max_lots must be >= 1, got {self.max_lots}")
-        if not self.initial_capital > 0:
-            raise InputError(f"--env.initial_capital must be positive, got {self.initial_capital}")
-        if self.episode_sessions < 1:
-            raise InputError(f"--env.episode_sessions must be >= 1, got {self.episode_sessions}")
-        if self.square_off_time:
-            parse_square_off_time(self.square_off_time, "--env.square_off_time")
-        check_split_fractions(self.split_fractions, "--env.split_fractions")
 
 
 @dataclasses.dataclass(frozen=True)

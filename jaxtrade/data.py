@@ -55,6 +55,7 @@ class Market:
     scaler: F.Scaler
     metadata: Mapping[str, str]
     path: Path
+    split_fractions: tuple[float, ...] = DEFAULT_SPLIT_FRACTIONS  # what `splits` and the scaler were made from
 
     @property
     def num_bars(self) -> int:
@@ -197,7 +198,8 @@ def load_market(processed_dir, symbol: str, *, split_fractions=DEFAULT_SPLIT_FRA
     chex.assert_shape(data.features, (n, len(F.FEATURE_NAMES)))
     return Market(symbol=str(meta.get("symbol", symbol)) if meta.get("symbol") == symbol else symbol,
                   bar_minutes=bar_minutes, data=data, timestamps=ts, minute_of_day=minutes_of_day,
-                  session_dates=days[starts], splits=splits, scaler=scaler, metadata=meta, path=path)
+                  session_dates=days[starts], splits=splits, scaler=scaler, metadata=meta, path=path,
+                  split_fractions=tuple(float(f) for f in split_fractions))
 
 
 def _infer_bar_minutes(ts: np.ndarray, session: np.ndarray) -> int:

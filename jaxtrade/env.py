@@ -21,8 +21,9 @@ cheap integer hash of the step key and the env's own counter instead of a per-st
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
-from typing import Any
+from typing import Any, Mapping
 
 import chex
 import jax
@@ -31,8 +32,8 @@ import numpy as np
 from flax import struct
 
 from jaxtrade import contracts
-from jaxtrade.costs import CostParams, order_cost
-from jaxtrade.data import Market
+from jaxtrade.costs import COST_MODELS, CostModel, CostParams, cost_model, order_cost
+from jaxtrade.data import Market, check_split_fractions, load_market
 from jaxtrade.errors import InputError
 from jaxtrade.features import FEATURE_NAMES
 
@@ -103,12 +104,116 @@ def parse_square_off_time(text: str, flag: str = "--square_off_time") -> _dt.tim
         raise InputError(f"{flag}: expected HH:MM (IST), got {text!r}") from None
 
 
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    """Every setting that changes how the market trades. `env_params(config, market, split)` is the one path
+    from these settings to `EnvParams`: training, gates, reports, backtests, adaptation and benchmarks all use
+    it, and every model records the whole config (`to_dict`) so that it is judged under the rules it trained
+    with. Flags: `--env.<field>` in the sequence, the bare names in `run_backtest.py` and `experiments.adapt`."""
+
+    cost_model: str = "nse_futures"  # zero | bps | nse_futures | nse_options
+    cost_bps: float = 1.0  # for cost_model=bps
+    slippage_ticks: float = 1.0
+    lot_size: float = 0.0  # 0: the symbol's current NSE lot size
+    dated_lots: bool = False  # trade the lot size in force on each session's date
+    max_lots: int = 1
+    # Rs 20 lakh: about one lot's contract value (NSE sets it at Rs 15-20 lakh), so one lot is ~1x leverage.
+    # The seed's Rs 1 lakh cannot even margin one NIFTY lot; run_backtest.py keeps it as its default.
+    initial_capital: float = 2_000_000.0
+    episode_sessions: int = 1  # sessions per training episode (an evaluation runs its whole split as one)
+    allow_overnight: bool = False
+    square_off_time: str = ""  # "HH:MM" IST; empty: square off at the session's last bar
+    split_fractions: tuple[float, ...] = (0.70, 0.15, 0.15)
+
+    def __post_init__(self):
+        """Checked when the flags are read, before any data is loaded or a run folder is made; the errors
+        name the sequence's flag (`--env.cost_model`); other commands check their own spellings first."""
+        object.__setattr__(self, "split_fractions", tuple(float(f) for f in self.split_fractions))
+        if self.cost_model not in COST_MODELS:
+            raise InputError(f"--env.cost_model: unknown cost model {self.cost_model!r} (choose from "
+                             f"{', '.join(COST_MODELS)})")
+        for name in ("cost_bps", "slippage_ticks", "lot_size"):
+            if not getattr(self, name) >= 0:  # also refuses NaN
+                raise InputError(f"--env.{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_lots < 1:
+            raise InputError(f"--env.max_lots must be >= 1, got {self.max_lots}")
+        if not self.initial_capital > 0:
+            raise InputError(f"--env.initial_capital must be positive, got {self.initial_capital}")
+        if self.episode_sessions < 1:
+            raise InputError(f"--env.episode_sessions must be >= 1, got {self.episode_sessions}")
+        if self.square_off_time:
+            parse_square_off_time(self.square_off_time, "--env.square_off_time")
+        check_split_fractions(self.split_fractions, "--env.split_fractions")
+
+    def replace(self, **changes) -> "EnvConfig":
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> str:
+        """One line for reports and notices."""
+        cost = f"bps {self.cost_bps:g}" if self.cost_model == "bps" else self.cost_model
+        lots = f"lot {self.lot_size:g}" if self.lot_size else ("dated NSE lots" if self.dated_lots else "current NSE lot")
+        session = "overnight allowed" if self.allow_overnight else (
+            f"flat from {self.square_off_time}" if self.square_off_time else "intraday")
+        return (f"cost {cost}, slippage {self.slippage_ticks:g} tick(s), {lots}, max lots {self.max_lots}, capital "
+                f"{self.initial_capital:,.0f}, {session}, splits {'/'.join(f'{f:g}' for f in self.split_fractions)}, "
+                f"{self.episode_sessions}-session episodes")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON (what `.pth` configs and Orbax metadata record under "env_config")."""
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "env_config") -> "EnvConfig":
+        """Inverse of `to_dict`. Fields it lacks keep their defaults (older files); a field this version does not
+        know is an error: its rule would be silently dropped."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise InputError(f"{where}: unknown market setting(s) {', '.join(unknown)} (written by a newer jaxtrade?)")
+        kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"{where}: {str(e).splitlines()[0]}") from None
+
+
+def market_for(config: EnvConfig, processed_dir, symbol: str, *, price_dtype=None) -> Market:
+    """`data.load_market` with the config's split fractions (they set the splits and the feature scaler)."""
+    return load_market(processed_dir, symbol, split_fractions=config.split_fractions, price_dtype=price_dtype)
+
+
+def cost_model_for(config: EnvConfig, market: Market, split: str) -> CostModel:
+    """The config's cost model with the rates in force at the split's first session (STT changes by budget)."""
+    lo, _ = market.splits[split]
+    return cost_model(config.cost_model, bps=config.cost_bps, as_of=market.session_dates[lo].astype(object))
+
+
+def env_params(config: EnvConfig, market: Market, split: str, *, whole_split: bool = False) -> EnvParams:
+    """THE path from settings to market rules: `EnvParams` of `market`'s `split` under `config`.
+
+    whole_split: the split as one episode (backtests, gates, reports), else episodes of
+    `config.episode_sessions` sessions (training, adaptation). `market` must have been split with
+    `config.split_fractions` (load it with `market_for`)."""
+    if tuple(market.split_fractions) != config.split_fractions:
+        raise ValueError(f"{market.symbol}: the market was split {list(market.split_fractions)} but the config says "
+                         f"{list(config.split_fractions)}; load it with env.market_for(config, ...)")
+    if split not in market.splits:
+        raise InputError(f"--split: unknown split {split!r} (choose from {', '.join(market.splits)})")
+    return make_params(market, split, cost_params=cost_model_for(config, market, split).params,
+                       lot_size=config.lot_size or None, dated_lots=config.dated_lots,
+                       slippage_ticks=config.slippage_ticks, max_lots=config.max_lots,
+                       initial_capital=config.initial_capital,
+                       episode_sessions=None if whole_split else config.episode_sessions,
+                       allow_overnight=config.allow_overnight, square_off_time=config.square_off_time or None)
+
+
 def make_params(market: Market, split: str = "train", *, cost_params: CostParams | None = None,
                 lot_size: int | float | None = None, dated_lots: bool = False, slippage_ticks: float = 0.0,
                 tick_size: float = contracts.TICK_SIZE, max_lots: int = 1, initial_capital: float = 100_000.0,
                 episode_sessions: int | None = 1, allow_overnight: bool = False,
                 square_off_time: str | _dt.time | None = None) -> EnvParams:
-    """Build `EnvParams` for one symbol and split.
+    """The low-level constructor behind `env_params` (explicit values, any `CostParams`; tests use it directly).
+    Commands and the pipeline never call it: they build params from an `EnvConfig` through `env_params`.
 
     lot_size: units per lot (default: the symbol's current NSE contract; 1 for an unknown symbol);
     dated_lots: use the dated NSE schedule so each session trades the lot size then in force.
@@ -321,9 +426,17 @@ def step(key: chex.PRNGKey, state: EnvState, action: jax.Array, params: EnvParam
                        jnp.where(done, 0.0, c1).astype(dt))
 
     info = {
-        # per step (the backtester's ledger)
-        "bar": t1, "position": lots, "fill_price": fill, "costs": costs, "pnl": pnl, "cash": cash,
-        "equity": equity, "closed_trades": closes.astype(jnp.int32) + closes_sq.astype(jnp.int32),
+        # per step: the backtester's ledger and the bar's two possible fills. At the open: `fill_qty` signed units
+        # at `fill_price`, costing `fill_cost`, of which `fill_cost_closing` is charged to the round trip the
+        # order closes (`fill_closes`, net PnL `fill_closed_pnl`; `fill_opens` starts one). At the close: the
+        # square-off of `square_qty` units at `square_price` costing `square_cost` (`square_closes`,
+        # `square_closed_pnl`). The backtester's trades and equity.parquet are these, collected.
+        "bar": t1, "position": lots, "target": target_lots, "lot_size": lot, "costs": costs, "pnl": pnl,
+        "cash": cash, "equity": equity, "closed_trades": closes.astype(jnp.int32) + closes_sq.astype(jnp.int32),
+        "fill_qty": qty, "fill_price": fill, "fill_cost": cost_open, "fill_cost_closing": cost_closing,
+        "fill_closes": closes, "fill_opens": opens, "fill_closed_pnl": closed_pnl_1,
+        "square_qty": qty_sq, "square_price": fill_sq, "square_cost": cost_sq, "square_closes": closes_sq,
+        "square_closed_pnl": closed_pnl_2,
         # the finished episode (valid where done)
         "returned_episode": done, "episode_return": stepped.episode_return,
         "episode_length": stepped.episode_length, "num_trades": n, "wins": w, "gross_profit": gp,

@@ -8,7 +8,8 @@ A `.pth` file is `torch.save` of a plain dict that loads with `torch.load(f, wei
                 "network": {...},                        # see `network_config` (the same dict the Orbax meta holds)
                 "observation": {"obs_names": [...], "obs_dim": D},
                 "scaler": Scaler.to_dict() or None,      # feature scaling (observations are already scaled)
-                "symbol": str, "stage": str, "metrics": {...}, "extra": {...}}}
+                "symbol": str, "stage": str, "metrics": {...}, "extra": {...},
+                "env_config": {...} or None}}                # EnvConfig.to_dict(): the market rules it trained under
 
 Everything in `config` is plain Python (str, int, float, bool, None, list, dict with str keys).
 
@@ -302,10 +303,12 @@ def _infer_obs_dim(params) -> int:
 # ------------------------------------------------------------------------------------- writing
 
 def export_pth(path, params, network, *, symbol: str, stage: str, obs_names, scaler=None, metrics=None,
-               extra=None) -> Path:
+               extra=None, env_config=None) -> Path:
     """Write `params` of `network` (an `ActorCritic` or `MoEActorCritic`) as a jaxtrade `.pth` file, atomically
     (a temporary file in the same directory, then `os.replace`). `scaler`: a `features.Scaler` or its dict;
-    `metrics`, `extra`: dicts of plain values (numpy / JAX scalars and arrays are converted). Returns the path."""
+    `metrics`, `extra`: dicts of plain values (numpy / JAX scalars and arrays are converted); `env_config`: the
+    market rules it trained under (`EnvConfig.to_dict()`), which backtests and adaptation default to. Returns
+    the path."""
     torch = _import_torch()
     path = Path(path)
     obs_names = [str(n) for n in obs_names]
@@ -327,6 +330,7 @@ def export_pth(path, params, network, *, symbol: str, stage: str, obs_names, sca
         "stage": str(stage),
         "metrics": _plain(metrics or {}, "metrics"),
         "extra": _plain(extra or {}, "extra"),
+        "env_config": _plain(env_config, "env_config"),
     }
     sd = state_dict_from_params(params, network)
     payload = {"state_dict": {k: torch.from_numpy(v.copy()) for k, v in sd.items()}, "config": config}

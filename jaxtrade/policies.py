@@ -6,8 +6,10 @@ backtest is deterministic; only the `random` baseline uses `key` (the backtester
 
 Baselines by name (`make_baseline`): `flat`, `buy_and_hold`, `random`, `momentum` (`momentum_N` for another
 horizon N of `features.RETURN_HORIZONS`). Trained models: `policy_from_logits` (a Flax/JAX apply function),
-`torch_policy` (a PyTorch module through `jax.pure_callback`), `find_model` (the seed's loading priority) and
-`load_policy` (a `.pth` file or an Orbax directory, through `jaxtrade.export` / `jaxtrade.checkpoints`).
+`network_policy` (a Flax network), `torch_policy` (a PyTorch module through `jax.pure_callback`), `find_model`
+(the seed's loading priority) and `load_policy` (a `.pth` file or an Orbax directory, through `jaxtrade.export`
+/ `jaxtrade.checkpoints`). A trained model runs under the market rules it trained with: `model_env_config`
+reads them from its file and `rules_for_model` applies the command line's overrides, each said once.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import dataclasses
 import functools
 import importlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxtrade import features as F
+from jaxtrade.env import EnvConfig
 from jaxtrade.errors import InputError
 
 ActFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -31,6 +34,19 @@ BASELINES = ("flat", "buy_and_hold", "random", "momentum")
 DEFAULT_MOMENTUM_HORIZON = 15
 # Loading priority of the seed guide: production, MAML, MoE, PPO.
 MODEL_SUFFIXES = ("_final_model.pth", "_maml_stage3_final.pth", "_moe_stage2.pth", "_ppo_stage1.pth")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BoundAct:
+    """`fn(params, key, obs) -> action` with its parameters, callable as `act(key, obs)`. The backtester compiles
+    once per `fn` (hashable: give it a value-hashable callable such as `Greedy(network)`) and passes `params` as
+    arguments, so another model of the same architecture reuses the compiled program."""
+
+    fn: Callable[[Any, jax.Array, jax.Array], jax.Array]
+    params: Any = None
+
+    def __call__(self, key, obs):
+        return self.fn(self.params, key, obs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +58,7 @@ class Policy:
     source: str | None = None
     description: str = ""
     num_actions: int | None = None  # a trained model's action count (2 * max_lots + 1); None for baselines
-    # a trained model's `--env.*` settings (initial_capital, slippage_ticks, ...), when its file records them
-    training_env: dict | None = None
+    env_config: EnvConfig | None = None  # the market rules a trained model trained under, when its file says
 
 
 # ------------------------------------------------------------------------------------------ baselines
@@ -143,15 +158,41 @@ def _logits_of(out):
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Greedy:
+    """The argmax action of a network's logits, `Greedy(network)(params, key, obs)`: equal (and hashable) for
+    networks of one architecture, so the backtester compiles once for all of them."""
+
+    network: Any
+
+    def __call__(self, params, key, obs):
+        del key
+        return jnp.argmax(_logits_of(self.network.apply(params, obs)), axis=-1).astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class _GreedyApply:
+    apply_fn: Callable[..., Any]
+
+    def __call__(self, params, key, obs):
+        del key
+        return jnp.argmax(_logits_of(self.apply_fn(params, obs)), axis=-1).astype(jnp.int32)
+
+
+def network_policy(network, params: Any, name: str, source: str | None = None,
+                   env_config: EnvConfig | None = None) -> Policy:
+    """Greedy policy of a Flax network (`network.apply(params, obs)` -> `(logits, value)`)."""
+    params = jax.tree.map(jnp.asarray, params)
+    return Policy(name, BoundAct(Greedy(network), params), source=source, description="greedy (argmax) trained policy",
+                  num_actions=getattr(network, "num_actions", None), env_config=env_config)
+
+
 def policy_from_logits(apply_fn: Callable[..., Any], params: Any, name: str, source: str | None = None
                        ) -> Policy:
-    """Greedy policy of a network: `apply_fn(params, obs)` returns logits `[A]` (or `(logits, value)`, or a
-    distribution with `.logits`); the action is their argmax."""
-    def act(key, obs):
-        del key
-        return jnp.argmax(_logits_of(apply_fn(params, obs)), axis=-1).astype(jnp.int32)
-
-    return Policy(name, act, source=source, description="greedy (argmax) trained policy")
+    """Greedy policy of any apply function: `apply_fn(params, obs)` returns logits `[A]` (or `(logits, value)`,
+    or a distribution with `.logits`); the action is their argmax."""
+    return Policy(name, BoundAct(_GreedyApply(apply_fn), params), source=source,
+                  description="greedy (argmax) trained policy")
 
 
 def torch_policy(module: Any, name: str, source: str | None = None) -> Policy:
@@ -190,29 +231,45 @@ def find_model(checkpoint_dir, symbol: str) -> Path | None:
     return None
 
 
-def training_env(config: Any) -> dict | None:
-    """The env settings a model trained under: `extra.training_env` of a `.pth` config, `settings.env` of an
-    Orbax stage's meta; None for files that do not record them (older exports, foreign files)."""
-    if not isinstance(config, dict):
+def model_env_config(config: Any, where: str = "model") -> EnvConfig | None:
+    """The `EnvConfig` a model trained under: "env_config" of a `.pth` config or an Orbax stage's meta (older
+    files: `extra.training_env`, `settings.env`, an `experiments.adapt` checkpoint's `record.training_env`);
+    None when the file records none."""
+    if not isinstance(config, Mapping):
         return None
-    env = ((config.get("extra") or {}).get("training_env") or (config.get("settings") or {}).get("env")
-           or (config.get("record") or {}).get("training_env"))  # the last: an `experiments.adapt` checkpoint
-    return dict(env) if isinstance(env, dict) else None
+    env = (config.get("env_config") or (config.get("extra") or {}).get("training_env")
+           or (config.get("settings") or {}).get("env") or (config.get("record") or {}).get("training_env"))
+    return EnvConfig.from_dict(env, f"{where}: env_config") if isinstance(env, Mapping) else None
 
 
-def model_capital(env: dict | None, given: float, given_explicitly: bool, flag: str) -> tuple[float, str | None]:
-    """(capital to run a model at, a line to print or None). A model acts as in training only at its training
-    capital (its unrealised-PnL input is a percentage of capital): that one, unless `flag` was given; a
-    given capital other than the training one is said."""
-    trained = None if not env or env.get("initial_capital") is None else float(env["initial_capital"])
-    if trained is None:
-        return given, None
-    if not given_explicitly:
-        return trained, f"initial capital {trained:,.0f}: the model's training capital ({flag} overrides)"
-    if trained != given:
-        return given, (f"notice: the model trained with initial capital {trained:,.0f}; at {flag} {given:,.0f} "
-                       f"its position features are scaled differently, so it will not act as in training")
-    return given, None
+def rules_for_model(recorded: EnvConfig | None, base: EnvConfig, given: Mapping[str, Any],
+                    flag_of: Callable[[str], str]) -> tuple[EnvConfig, list[str]]:
+    """(the market rules to run a model under, lines to print).
+
+    A model runs under the rules it trained with (`recorded`, from its file); every setting given on the command
+    line (`given`: field -> value, the flags the user typed) overrides its own and prints one notice naming the
+    setting (`flag_of(field)` is the command's spelling). Without a recorded config: `base` with `given`."""
+    if recorded is None:
+        return base.replace(**given), []
+    lines = [f"market rules: the model's own ({recorded.describe()}); flags override them"]
+    for field, value in given.items():
+        trained = getattr(recorded, field)
+        if value == trained:
+            continue
+        why = ("its position features are scaled by capital, so it will not act as in training"
+               if field == "initial_capital" else "it is not judged under the rules it trained with")
+        lines.append(f"notice: {flag_of(field)} {_show(value)} overrides the model's {field} {_show(trained)}: {why}")
+    return recorded.replace(**given), lines
+
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:,.0f}" if value >= 1000 else f"{value:g}"
+    if isinstance(value, (tuple, list)):
+        return ",".join(_show(v) for v in value)
+    return repr(value) if value == "" else str(value)
 
 
 def _as_policy(obj: Any, name: str, source: str) -> Policy:
@@ -230,7 +287,7 @@ def _as_policy(obj: Any, name: str, source: str) -> Policy:
         network = config.get("network") if isinstance(config, dict) else None
         num_actions = network.get("num_actions") if isinstance(network, dict) else None
         return Policy(name, obj, source=source, num_actions=None if num_actions is None else int(num_actions),
-                      training_env=training_env(config))
+                      env_config=model_env_config(config, source))
     raise InputError(f"{source}: the loader returned {type(obj).__name__}, not a policy")
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jaxtrade import metrics as M
-from jaxtrade.backtest import BacktestResult, timestamps_utc_ns
+from jaxtrade.backtest import EQUITY_COLUMNS, BacktestResult, timestamps_utc_ns
 
 IST = "Asia/Kolkata"
 PCT = {"total_return", "cagr", "max_drawdown", "win_rate", "exposure"}
@@ -68,8 +68,10 @@ def symbol_section(main: BacktestResult, baselines: Sequence[BacktestResult]) ->
     lines = [
         f"== {m.symbol} ==" + ("   [SYNTHETIC DATA: not market data]" if m.synthetic else ""),
         f"period: {m.start} .. {m.end} IST ({m.split} split), {m.num_bars:,} bars, {m.num_sessions} sessions",
-        f"costs: {m.cost_model}; lot size {m.lot_size:g}; slippage {m.slippage_ticks:g} tick(s); initial capital "
-        f"{m.initial_capital:,.0f}; {'overnight holding allowed' if m.allow_overnight else 'intraday (flat at each session end)'}",
+        f"costs: {m.cost_model}; lot size {m.lot_size:g}{' (dated NSE lots)' if m.env.dated_lots else ''}; slippage "
+        f"{m.slippage_ticks:g} tick(s); initial capital {m.initial_capital:,.0f}; " + (
+            'overnight holding allowed' if m.allow_overnight else
+            f'flat from {m.env.square_off_time} IST' if m.env.square_off_time else 'intraday (flat at each session end)'),
         f"* = {'model ' + m.policy if m.policy != column_name(m) else 'chosen policy ' + m.policy}",
         "",
         _table(header, rows),
@@ -168,15 +170,20 @@ def _ts_array(local_ist) -> pa.Array:
 def _meta(r: BacktestResult) -> dict:
     return {"symbol": r.symbol, "model": r.policy, "split": r.split, "cost_model": r.cost_model,
             "lot_size": f"{r.lot_size:g}", "initial_capital": f"{r.initial_capital:g}",
+            "slippage_ticks": f"{r.slippage_ticks:g}", "env_config": json.dumps(r.env.to_dict()),
             "synthetic": "true" if r.synthetic else "false", "created_by": "jaxtrade.backtest"}
 
 
+_INT_COLUMNS = ("position", "target")
+
+
 def equity_table(r: BacktestResult) -> pa.Table:
+    """DESIGN section 6's columns, then those that make the file replayable alone (`backtest.EQUITY_COLUMNS`)."""
     e = r.equity
-    t = pa.table({"timestamp": _ts_array(e["timestamp"]), "close": pa.array(e["close"], pa.float64()),
-                  "position": pa.array(e["position"], pa.int32()), "cash": pa.array(e["cash"], pa.float64()),
-                  "equity": pa.array(e["equity"], pa.float64()), "costs": pa.array(e["costs"], pa.float64())})
-    return t.replace_schema_metadata(_meta(r))
+    cols = {"timestamp": _ts_array(e["timestamp"])}
+    for c in EQUITY_COLUMNS[1:]:
+        cols[c] = pa.array(e[c], pa.int32() if c in _INT_COLUMNS else pa.float64())
+    return pa.table(cols).replace_schema_metadata(_meta(r))
 
 
 def trades_table(r: BacktestResult) -> pa.Table:

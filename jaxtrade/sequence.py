@@ -32,7 +32,6 @@ from absl import logging
 
 from jaxtrade import data as D, env as E
 from jaxtrade.config import GateConfig, SequenceConfig
-from jaxtrade.costs import cost_model
 from jaxtrade.errors import GateFailure, InputError
 
 STAGE_FILES = {"ppo": "ppo_stage1", "moe": "moe_stage2", "maml": "maml_stage3_final"}
@@ -217,58 +216,52 @@ def check_gate(metrics: dict, gate: GateConfig, iterations: int) -> tuple[bool, 
 
 
 class SymbolContext:
-    """One symbol's data and environments: float32 for training, float64 for validation/test backtests."""
+    """One symbol's data and environments, all from `cfg.env` through `env.env_params`: float32 for training,
+    float64 for the validation/test backtests that gates and the report read."""
 
     def __init__(self, cfg: SequenceConfig, symbol: str):
         from jaxtrade import backtest as B
 
         self.cfg = cfg
         self.symbol = symbol
-        env_cfg = cfg.env
-        self.market = D.load_market(cfg.run.processed_data_dir, symbol, split_fractions=env_cfg.split_fractions)
-        lo, _ = self.market.splits["train"]
-        as_of = self.market.session_dates[lo].astype(object)
-        costs = cost_model(env_cfg.cost_model, bps=env_cfg.cost_bps, as_of=as_of).params
-        self.lot_size = env_cfg.lot_size or None
-        self.train_params = E.make_params(
-            self.market, "train", cost_params=costs, lot_size=self.lot_size, dated_lots=env_cfg.dated_lots,
-            slippage_ticks=env_cfg.slippage_ticks, max_lots=env_cfg.max_lots,
-            initial_capital=env_cfg.initial_capital, episode_sessions=env_cfg.episode_sessions,
-            allow_overnight=env_cfg.allow_overnight, square_off_time=env_cfg.square_off_time or None)
+        self.market = E.market_for(cfg.env, cfg.run.processed_data_dir, symbol)
+        self.train_params = E.env_params(cfg.env, self.market, "train")
         with jax.enable_x64(True):
-            self.market64 = D.load_market(cfg.run.processed_data_dir, symbol, split_fractions=env_cfg.split_fractions,
-                                          price_dtype=jnp.float64)
-        self.backtest_config = B.BacktestConfig(
-            cost_model=env_cfg.cost_model, slippage_ticks=env_cfg.slippage_ticks, lot_size=self.lot_size,
-            allow_overnight=env_cfg.allow_overnight, initial_capital=env_cfg.initial_capital,
-            max_lots=env_cfg.max_lots, seed=cfg.run.seed)
+            self.market64 = E.market_for(cfg.env, cfg.run.processed_data_dir, symbol, price_dtype=jnp.float64)
+        self.backtest_config = B.BacktestConfig(env=cfg.env, seed=cfg.run.seed)
 
     def eval_params(self, split: str):
         """float32 env params over `split` as one episode (for on-device evaluation traces)."""
-        return E.make_params(self.market, split, cost_params=self.train_params.costs, lot_size=self.lot_size,
-                             dated_lots=self.cfg.env.dated_lots, slippage_ticks=self.cfg.env.slippage_ticks,
-                             max_lots=self.cfg.env.max_lots, initial_capital=self.cfg.env.initial_capital,
-                             episode_sessions=None, allow_overnight=self.cfg.env.allow_overnight,
-                             square_off_time=self.cfg.env.square_off_time or None)
+        return E.env_params(self.cfg.env, self.market, split, whole_split=True)
+
+    def split_params(self, split: str, symbol: str | None = None):
+        """float32 params of `split` with training-length episodes (MAML's held-out tasks), of this symbol or of
+        another processed `symbol` (the cross-symbol check)."""
+        market = self.market if symbol in (None, self.symbol) else E.market_for(
+            self.cfg.env, self.cfg.run.processed_data_dir, symbol)
+        return market, E.env_params(self.cfg.env, market, split)
+
+    def backtest_params(self, split: str):
+        """The float64 params the gates' and the report's backtests of `split` run on."""
+        from jaxtrade import backtest as B
+
+        with jax.enable_x64(True):
+            return B.build_env(self.market64, self.backtest_config.replace(split=split))[0]
 
     def backtest_many(self, policies, split: str):
         from jaxtrade import backtest as B
 
         with jax.enable_x64(True):
-            return B.backtest_many(self.market64, policies, self.backtest_config, split=split)
+            return B.backtest_many(self.market64, policies, self.backtest_config.replace(split=split))
 
     def backtest(self, policy, split: str):
-        from jaxtrade import backtest as B
-
-        with jax.enable_x64(True):
-            return B.backtest(self.market64, policy, self.backtest_config, split=split)
+        return self.backtest_many([policy], split)[0]
 
 
 def policy_of(network, params, name: str, source: str | None = None):
     from jaxtrade import policies
 
-    params = jax.tree.map(jnp.asarray, params)
-    return policies.policy_from_logits(network.apply, params, name, source=source)
+    return policies.network_policy(network, params, name, source=source)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -294,12 +287,6 @@ def stage_settings(cfg: SequenceConfig, stage: str) -> dict:
         fields.pop("num_iterations", None)
         settings[group] = fields
     return json.loads(json.dumps(_json_safe(settings)))
-
-
-def _training_env(record: Mapping[str, Any]) -> dict | None:
-    """The `--env.*` settings a stage trained under, for the `.pth` file: a backtest of the model needs the same
-    initial capital (the position features are scaled by it) to act as it did in training."""
-    return (record.get("settings") or {}).get("env")
 
 
 def _settings_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -378,7 +365,8 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev: dict | 
             ckpt.save(done, {"params": runner.params_of(rs), "runner": rs}, {"iteration": done, "target_iterations": target, "complete": complete,
                                  "lr_scale": lr_scale, "extended": extended, "wall_s": wall, "stage": stage,
                                  "symbol": symbol, "network": network_config(runner.network), "record": record,
-                                 "settings": settings, "planned_iterations": planned})
+                                 "settings": settings, "planned_iterations": planned,
+                                 "env_config": cfg.env.to_dict()})
 
         while True:
             while done < target:
@@ -600,9 +588,8 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
                 path = models_dir / f"{symbol}_{STAGE_FILES[stage]}.pth"
                 export.export_pth(path, result["params"], result["network"], symbol=symbol, stage=stage,
                                   obs_names=list(E.OBS_NAMES), scaler=ctx.market.scaler.to_dict(),
-                                  metrics=rec["validation"], extra={"gate_passed": rec["gate_passed"],
-                                                                    "iterations": rec["iterations"],
-                                                                    "training_env": _training_env(rec)})
+                                  metrics=rec["validation"], env_config=cfg.env.to_dict(),
+                                  extra={"gate_passed": rec["gate_passed"], "iterations": rec["iterations"]})
                 rec["model_file"] = str(path)
             _write_json_atomic(summary_path, summary)
             prev = result
@@ -628,8 +615,7 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
             if can_export:
                 export.export_pth(path, params, network, symbol=symbol, stage="final", obs_names=list(E.OBS_NAMES),
                                   scaler=ctx.market.scaler.to_dict(), metrics=candidates[best]["validation"],
-                                  extra={"selected_stage": best, "why": why,
-                                         "training_env": _training_env(candidates[best])})
+                                  env_config=cfg.env.to_dict(), extra={"selected_stage": best, "why": why})
             summary["final_model"] = {"stage": best, "metric": cfg.run.final_metric, "why": why,
                                       "file": str(path) if can_export else None,
                                       "checkpoint": candidates[best].get("checkpoint")}

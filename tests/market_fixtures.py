@@ -53,3 +53,15 @@ def random_walk_market(directory, symbol: str = "NIFTY_5", num_sessions: int = 4
     ts = session_timestamps(num_sessions, bars_per_session, bar_minutes)
     return write_processed(directory, symbol, open_, high, low, close, ts, volume=vol_col,
                            bar_minutes=bar_minutes)
+
+
+def nifty_rules_market(directory, symbol: str = "NIFTY_15", num_sessions: int = 40, seed: int = 0) -> Path:
+    """Fifteen-minute NIFTY bars (09:15-15:15) from 1 Mar 2024: a 14:30 square-off falls inside each session, and
+    the dated NSE lot then (50) differs from today's, so every market rule shows in what is built from it."""
+    rng = np.random.default_rng(seed)
+    n = num_sessions * 25
+    close = 22_000.0 * np.exp(np.cumsum(rng.normal(0.0, 1e-3, n)))
+    open_ = np.r_[22_000.0, close[:-1]] * np.exp(rng.normal(0.0, 2e-4, n))
+    return write_processed(directory, symbol, open_, np.maximum(open_, close) * 1.001,
+                           np.minimum(open_, close) * 0.999, close,
+                           session_timestamps(num_sessions, 25, 15, first_day="2024-03-01"), bar_minutes=15)

@@ -64,65 +64,82 @@ def _momentum(market, horizon=5):
     return P.momentum(market.scaler, horizon=horizon)
 
 
-def replay(result, market, slippage, target):
-    """Cash and equity from position, processed opens/closes, slippage and the charged costs (float64 loop).
-    `target`: lots ordered at each row's open (row 0: none), which differs from `position` only where the
-    environment squared off at that bar's close."""
-    lo, hi = market.split_bars(result.split)
-    opens = np.asarray(market.data.open)[lo:hi]
-    closes = np.asarray(market.data.close)[lo:hi]
-    e = result.equity
-    lot = result.lot_size
-    cash, units = result.initial_capital, 0.0
-    cash_out, eq_out = [cash], [cash]
-    for i in range(1, len(opens)):
-        tgt = float(target[i]) * lot
-        q = tgt - units
-        cash -= q * (opens[i] + slippage * np.sign(q))
-        held = float(e["position"][i]) * lot
-        if held != tgt:  # squared off at the close
-            q2 = held - tgt
-            cash -= q2 * (closes[i] + slippage * np.sign(q2))
-        cash -= float(e["costs"][i])
-        units = held
-        cash_out.append(cash)
-        eq_out.append(cash + units * closes[i])
-    return np.array(cash_out), np.array(eq_out)
+NSE_FUTURES_2024 = dict(brokerage=0.0003, cap=20.0, stt_sell=0.000125, exchange=0.0000173 + 0.000001,
+                        sebi=0.000001, stamp_buy=0.00002, gst=0.18)  # nse-facts.md, rates before 1 Oct 2024
 
 
-def _targets(result, market, policy, config):
-    """Re-derive the per-row targets from the same ledger (the action path)."""
-    params, _ = B.build_env(market, config)
-    lo, hi = market.split_bars(config.split)
-    (ledger, _), = B.run_ledgers(params, [policy], hi - lo - 1, config.seed)
-    return np.r_[0, ledger["action"] - config.max_lots]
+def order_cost_by_hand(cost_model: str, qty: np.ndarray, price: np.ndarray) -> np.ndarray:
+    """Charges of each order in float64, written from the published rates (not through jaxtrade.costs)."""
+    turnover = np.abs(qty) * price
+    if cost_model == "bps":  # 1 bp of turnover
+        return 1e-4 * turnover
+    r = NSE_FUTURES_2024
+    brokerage = np.where(qty != 0, np.minimum(r["brokerage"] * turnover, r["cap"]), 0.0)
+    stt = np.where(qty < 0, r["stt_sell"] * turnover, 0.0)
+    stamp = np.where(qty > 0, r["stamp_buy"] * turnover, 0.0)
+    exchange, sebi = r["exchange"] * turnover, r["sebi"] * turnover
+    return brokerage + stt + exchange + sebi + stamp + r["gst"] * (brokerage + exchange + sebi)
 
 
 @pytest.mark.parametrize("cost_model", ["nse_futures", "bps"])
-def test_equity_replays_independently(market, cost_model):
-    config = B.BacktestConfig(cost_model=cost_model, slippage_ticks=2, lot_size=50, split="all")
-    pol = _momentum(market)
-    r = B.backtest(market, pol, config)
-    target = _targets(r, market, pol, config)
-    cash, equity = replay(r, market, 2 * 0.05, target)
-    np.testing.assert_allclose(r.equity["cash"], cash, rtol=1e-9)
-    np.testing.assert_allclose(r.equity["equity"], equity, rtol=1e-9)
-    assert r.equity["equity"][0] == r.initial_capital and r.equity["position"][0] == 0
-    lo, hi = market.split_bars("all")
-    assert len(r.equity["timestamp"]) == hi - lo
-    if cost_model == "bps":  # 1 bp of turnover, independently: |q| x fill x 1e-4 per order
-        opens = np.asarray(market.data.open)[lo:hi]
-        closes = np.asarray(market.data.close)[lo:hi]
-        pos = r.equity["position"] * 50.0
-        tgt = target * 50.0
-        q = tgt - np.r_[0.0, pos[:-1]]
-        q2 = pos - tgt
-        want = 1e-4 * (np.abs(q) * (opens + 0.1 * np.sign(q)) + np.abs(q2) * (closes + 0.1 * np.sign(q2)))
-        np.testing.assert_allclose(r.equity["costs"][1:], want[1:], rtol=1e-9, atol=1e-9)
+def test_parquet_files_replay_alone_in_float64(market, cost_model, tmp_path):
+    """equity.parquet and trades.parquet, read back with nothing else, replay in float64: every fill at its bar's
+    open (or, for the square-off, its close) plus slippage against the trader, charged as the published rates
+    say, square-offs exactly at each session's last bar, cash and equity to the paisa, and round trips that
+    add up to the equity."""
+    from jaxtrade import report as R
+
+    config = B.BacktestConfig(split="all").replace(cost_model=cost_model, slippage_ticks=2, lot_size=50)
+    R.write_symbol_outputs(B.backtest(market, _momentum(market), config), [], tmp_path, plot=False)
+    table = pq.read_table(tmp_path / "equity.parquet")
+    meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+    e = {c: table.column(c).to_numpy() for c in table.column_names if c != "timestamp"}
+    days = table.column("timestamp").cast(pa.int64()).to_numpy() + 330 * 60 * 10**9  # IST wall clock
+    days = days // (86_400 * 10**9)
+    capital, slip = float(meta["initial_capital"]), float(meta["slippage_ticks"]) * 0.05
+    assert (capital, slip) == (100_000.0, 0.1)
+
+    # Fills: the open's price (the square-off: the close's), slippage against the trader.
+    q, q_sq = e["fill_qty"], e["square_off_qty"]
+    np.testing.assert_array_equal(e["fill_price"][q != 0], (e["open"] + slip * np.sign(q))[q != 0])
+    np.testing.assert_array_equal(e["square_off_price"][q_sq != 0], (e["close"] + slip * np.sign(q_sq))[q_sq != 0])
+    assert (q != 0).sum() > 20 and (q_sq != 0).sum() > 5
+    # Units: the target fills at the open, the square-off empties it at the close.
+    held = np.r_[0.0, e["position"][:-1] * e["lot_size"][:-1]]
+    np.testing.assert_allclose(held + q, e["target"] * e["lot_size"], atol=1e-9)
+    np.testing.assert_allclose(e["target"] * e["lot_size"] + q_sq, e["position"] * e["lot_size"], atol=1e-9)
+    # Square-offs happen at each session's last bar, and only there; nothing is held into the next day.
+    last = np.r_[days[1:] != days[:-1], True]
+    assert np.all(q_sq[~last] == 0) and np.all(e["position"][last] == 0)
+    assert np.all((q_sq[last] != 0) == (e["target"][last] != 0))
+    # A position opened at the last bar's open and squared off at its close shows in the file.
+    opened_and_closed = last & (q != 0) & (q_sq != 0)
+    if opened_and_closed.any():
+        assert np.all(e["target"][opened_and_closed] != 0)
+    # Money: charges from the published rates, cash and equity recomputed bar by bar in float64.
+    costs = order_cost_by_hand(cost_model, q, e["fill_price"]) + order_cost_by_hand(cost_model, q_sq,
+                                                                                     e["square_off_price"])
+    np.testing.assert_allclose(e["costs"], costs, rtol=1e-9, atol=1e-9)
+    cash = capital - np.cumsum(q * e["fill_price"] + q_sq * e["square_off_price"] + costs)
+    np.testing.assert_allclose(e["cash"], cash, rtol=0, atol=0.01)
+    np.testing.assert_allclose(e["equity"], cash + e["position"] * e["lot_size"] * e["close"], rtol=0, atol=0.01)
+    # Round trips: their net PnL is the equity's change, their costs the charged costs, each entered and left
+    # at a bar where an order filled.
+    tr = pq.read_table(tmp_path / "trades.parquet")
+    t = {c: tr.column(c).to_numpy() for c in ("side", "lots", "entry_price", "exit_price", "gross_pnl", "costs",
+                                              "net_pnl")}
+    assert t["net_pnl"].sum() == pytest.approx(e["equity"][-1] - capital, abs=0.01)
+    assert t["costs"].sum() == pytest.approx(e["costs"].sum(), abs=0.01)
+    np.testing.assert_allclose(t["gross_pnl"], t["side"] * t["lots"] * 50 * (t["exit_price"] - t["entry_price"]),
+                               rtol=1e-9, atol=1e-6)
+    ts = table.column("timestamp").cast(pa.int64()).to_numpy()
+    filled = ts[(q != 0) | (q_sq != 0)]
+    for col in ("entry_time", "exit_time"):
+        assert np.isin(tr.column(col).cast(pa.int64()).to_numpy(), filled).all(), col
 
 
 def test_trades_reconcile_with_equity(market):
-    config = B.BacktestConfig(slippage_ticks=1, lot_size=50, split="all")
+    config = B.BacktestConfig(split="all").replace(slippage_ticks=1, lot_size=50)
     r = B.backtest(market, _momentum(market), config)
     tr, eq = r.trades, r.equity
     assert len(tr["net_pnl"]) > 10
@@ -221,7 +238,7 @@ def test_momentum_reads_the_true_sign(market):
     """The observation holds z-scores; momentum un-scales them: its target is sign(log c_t - log c_{t-N})."""
     r = B.backtest(market, _momentum(market, 5), split="all", lot_size=50)
     c = np.asarray(market.data.close)
-    params, _ = B.build_env(market, B.BacktestConfig(split="all", lot_size=50))
+    params, _ = B.build_env(market, B.BacktestConfig(split="all").replace(lot_size=50))
     (ledger, _), = B.run_ledgers(params, [_momentum(market, 5)], market.num_bars - 1)
     t = ledger["bar"] - 1  # the bar whose close the decision saw
     ret = np.log(c[t]) - np.log(c[np.maximum(t - 5, 0)])
@@ -291,17 +308,33 @@ def test_model_trained_for_other_max_lots_is_refused(market):
     # A 3-action model (max lots 1) under max_lots=2 would have its actions re-read as -2..0 lots.
     model = P.Policy("model", lambda key, obs: jnp.int32(2), source="m.pth", num_actions=3)
     with pytest.raises(InputError, match=r"m\.pth: the model has 3 actions \(max lots 1\) but --max-lots=2"):
-        B.backtest(market, model, B.BacktestConfig(max_lots=2))
-    assert B.backtest(market, model, B.BacktestConfig(max_lots=1)).metrics is not None
+        B.backtest(market, model, B.BacktestConfig().replace(max_lots=2))
+    assert B.backtest(market, model, B.BacktestConfig().replace(max_lots=1)).metrics is not None
 
 
-def test_model_capital_follows_training_unless_the_flag_is_given():
-    from jaxtrade.policies import model_capital, training_env
-    env = training_env({"extra": {"training_env": {"initial_capital": 2_000_000.0}}})
-    assert model_capital(env, 100_000.0, False, "--initial-capital") == (
-        2_000_000.0, "initial capital 2,000,000: the model's training capital (--initial-capital overrides)")
-    capital, line = model_capital(env, 100_000.0, True, "--initial-capital")
-    assert capital == 100_000.0 and line.startswith("notice: the model trained with initial capital 2,000,000")
-    assert model_capital(env, 2_000_000.0, True, "--initial-capital") == (2_000_000.0, None)
-    assert model_capital(None, 100_000.0, False, "--initial-capital") == (100_000.0, None)  # file records none
-    assert training_env({"settings": {"env": {"initial_capital": 5.0}}}) == {"initial_capital": 5.0}  # Orbax meta
+def test_a_model_runs_under_its_own_rules_and_each_override_is_said_once():
+    from jaxtrade.env import EnvConfig
+    from jaxtrade.policies import model_env_config, rules_for_model
+
+    trained = EnvConfig(initial_capital=2_000_000.0, square_off_time="14:30", dated_lots=True,
+                        split_fractions=(0.6, 0.2, 0.2))
+    flag = lambda f: "--" + f.replace("_", "-")  # noqa: E731
+    base = EnvConfig(initial_capital=100_000.0, slippage_ticks=0.0)
+    assert model_env_config({"env_config": trained.to_dict()}) == trained  # .pth config / Orbax meta
+    rules, lines = rules_for_model(trained, base, {}, flag)
+    assert rules == trained and len(lines) == 1 and lines[0].startswith("market rules: the model's own")
+    assert "flat from 14:30" in lines[0] and "dated NSE lots" in lines[0] and "splits 0.6/0.2/0.2" in lines[0]
+    rules, lines = rules_for_model(trained, base, {"initial_capital": 100_000.0, "slippage_ticks": 1.0}, flag)
+    assert rules == trained.replace(initial_capital=100_000.0)  # slippage 1 is the model's own: no notice
+    assert lines[1:] == ["notice: --initial-capital 100,000 overrides the model's initial_capital 2,000,000: its "
+                         "position features are scaled by capital, so it will not act as in training"]
+    rules, lines = rules_for_model(trained, base, {"square_off_time": ""}, flag)
+    assert rules.square_off_time == "" and "--square-off-time '' overrides the model's square_off_time 14:30" in lines[1]
+    # A file that records no rules: the command's defaults, silently.
+    assert rules_for_model(None, base, {"lot_size": 50.0}, flag) == (base.replace(lot_size=50.0), [])
+    # Older files recorded part of the rules under other keys; fields they lack keep the defaults.
+    assert model_env_config({"extra": {"training_env": {"initial_capital": 5.0}}}) == EnvConfig(initial_capital=5.0)
+    assert model_env_config({"settings": {"env": {"max_lots": 2}}}) == EnvConfig(max_lots=2)
+    assert model_env_config({"network": {}}) is None
+    with pytest.raises(InputError, match="unknown market setting"):
+        model_env_config({"env_config": {"tick_value": 3}})

@@ -96,7 +96,9 @@ def test_run_writes_every_file(data_dir, tmp_path):
         assert f"== {sym} ==" in text
         d = out / sym
         eq = pq.read_table(d / "equity.parquet")
-        assert eq.column_names == ["timestamp", "close", "position", "cash", "equity", "costs"]
+        assert eq.column_names == ["timestamp", "close", "position", "cash", "equity", "costs",  # DESIGN 6
+                                   "open", "target", "lot_size", "fill_qty", "fill_price", "square_off_qty",
+                                   "square_off_price"]  # replayable alone
         assert str(eq.schema.field("timestamp").type) == "timestamp[ns, tz=Asia/Kolkata]"
         tr = pq.read_table(d / "trades.parquet")
         assert tr.column_names == ["entry_time", "exit_time", "side", "lots", "entry_price", "exit_price",

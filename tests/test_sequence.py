@@ -250,11 +250,12 @@ def test_pth_backtest_matches_orbax_checkpoint(market_dir):
     assert len(trades["pth"]["net_pnl"]) > 0
     assert trades["pth"] == trades["orbax"]
     assert trades["pth_position"] == trades["orbax_position"]
-    assert "NIFTY_5: initial capital 2,000,000: the model's training capital" in stdout["pth"]
+    rules = [line for line in stdout["pth"].splitlines() if line.startswith("NIFTY_5: market rules")]
+    assert len(rules) == 1 and "the model's own (" in rules[0] and "capital 2,000,000" in rules[0]
     assert "initial capital 2,000,000" in (tmp / "pth" / "backtest_report.txt").read_text()
     assert "notice" not in stdout["orbax"].split("\n\n")[0]
-    assert ("the model trained with initial capital 2,000,000; at --initial-capital 100,000 its position "
-            "features are scaled differently") in stdout["low"]
+    assert ("notice: --initial-capital 100,000 overrides the model's initial_capital 2,000,000: its position "
+            "features are scaled by capital") in stdout["low"]
 
 
 @pytest.mark.slow

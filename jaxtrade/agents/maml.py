@@ -663,21 +663,6 @@ def evaluate_adaptation(network, meta_params, tasks: Sequence[HeldOutTask], conf
     }
 
 
-def _symbol_env_params(cfg, market):
-    from jaxtrade import env as E
-    from jaxtrade.costs import cost_model
-
-    env_cfg = cfg.env
-    lo, _ = market.splits["train"]
-    costs = cost_model(env_cfg.cost_model, bps=env_cfg.cost_bps,
-                       as_of=market.session_dates[lo].astype(object)).params
-    return E.make_params(market, "train", cost_params=costs, lot_size=env_cfg.lot_size or None,
-                         dated_lots=env_cfg.dated_lots, slippage_ticks=env_cfg.slippage_ticks,
-                         max_lots=env_cfg.max_lots, initial_capital=env_cfg.initial_capital,
-                         episode_sessions=env_cfg.episode_sessions, allow_overnight=env_cfg.allow_overnight,
-                         square_off_time=env_cfg.square_off_time or None)
-
-
 def evaluate_symbol_adaptation(network, params, ctx, config: MAMLConfig, ppo_config: PPOConfig) -> dict:
     """The sequence's held-out evaluation: `config.evaluation_steps` windows of the eval split of the trained
     symbol (a later time) and, when another processed symbol exists (`config.cross_symbol` or the first other
@@ -689,7 +674,8 @@ def evaluate_symbol_adaptation(network, params, ctx, config: MAMLConfig, ppo_con
     gate_cfg = cfg.groups.get("maml_gate") if hasattr(cfg, "groups") else None
     fraction = gate_cfg.speed_fraction if gate_cfg is not None else 0.9
     key = jax.random.key(config.seed)
-    own_tasks = window_tasks(ctx.train_params, ctx.market.splits[split], config.evaluation_steps, config,
+    _, own_params = ctx.split_params(split)
+    own_tasks = window_tasks(own_params, ctx.market.splits[split], config.evaluation_steps, config,
                              name=f"{ctx.symbol}/{split}")
     out = {"split": split, "own_symbol": ctx.symbol,
            "own": evaluate_adaptation(network, params, own_tasks, config, jax.random.fold_in(key, 0), ppo_config,
@@ -703,8 +689,7 @@ def evaluate_symbol_adaptation(network, params, ctx, config: MAMLConfig, ppo_con
             others = []
         other = others[0] if others else ""
     if other and other != ctx.symbol:
-        market = D.load_market(cfg.run.processed_data_dir, other, split_fractions=cfg.env.split_fractions)
-        env_params = _symbol_env_params(cfg, market)
+        market, env_params = ctx.split_params(split, other)
         tasks = window_tasks(env_params, market.splits[split], config.evaluation_steps, config,
                              name=f"{other}/{split}")
         out["cross_symbol"] = other

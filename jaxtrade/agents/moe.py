@@ -327,7 +327,8 @@ def expert_regime_table(network: MoEActorCritic, params, market, split: str = "v
     (unscaled) below -band is "down", above +band "up", else "sideways", with band = `trend_band` x the
     split's standard deviation of that feature. For each of the 3 x 3 cells: bar count, mean gate
     probabilities and the leading expert (argmax of the mean; None for an empty cell).
-    `env_params`: default `env.make_params(market, split, episode_sessions=None)` (the split as one episode).
+    `env_params`: default `env.env_params(EnvConfig(), market, split, whole_split=True)` (the split as one
+    episode under the default rules); the sequence passes its own.
     Returns a JSON-serialisable dict: `cells` (a list of per-cell dicts) and the same as 3 x 3 grids
     `leader`, `bars`, `mean_gate` (rows = vol low/mid/high, columns = trend down/sideways/up), plus
     `usage` (mean gate over all bars) and the bucket edges.
@@ -336,7 +337,8 @@ def expert_regime_table(network: MoEActorCritic, params, market, split: str = "v
     from jaxtrade.features import FEATURE_NAMES
 
     if env_params is None:
-        env_params = trading_env.make_params(market, split, episode_sessions=None)
+        config = trading_env.EnvConfig(split_fractions=market.split_fractions)
+        env_params = trading_env.env_params(config, market, split, whole_split=True)
     trace = gate_trace(network, params, env_params)
     bars, gate = trace["bar"], trace["gate_probs"]
     num_experts = gate.shape[-1]
