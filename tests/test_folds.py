@@ -77,6 +77,11 @@ def test_fold_boundaries_rolling_and_anchored():
 def test_fold_positions_hand_checked():
     plan = W.plan_folds(20, W.WalkForwardConfig(3, 8, 2, 3))  # 8 + 2 + 3 + 2 x 3 = 19: session 0 unused
     assert plan.unused == 1 and plan.step == 3
+    assert plan.describe().splitlines() == [
+        "3 rolling walk-forward fold(s) over 20 sessions (1 earliest unused)",
+        "  fold 0: train 1..8 (8), val 9..10 (2), test 11..13 (3)",
+        "  fold 1: train 4..11 (8), val 12..13 (2), test 14..16 (3)",
+        "  fold 2: train 7..14 (8), val 15..16 (2), test 17..19 (3)"]
     assert [(f.train, f.val, f.test) for f in plan] == [
         ((1, 9), (9, 11), (11, 14)), ((4, 12), (12, 14), (14, 17)), ((7, 15), (15, 17), (17, 20))]
     anchored = W.plan_folds(20, W.WalkForwardConfig(3, 8, 2, 3, anchored=True))

@@ -13,8 +13,10 @@ Window sizes come either from explicit session counts (`--eval.train_sessions`, 
 `--eval.test_sessions`, all three) or from the split fractions (`--env.split_fractions`): then every fold spans
 the same W sessions, cut by `data.split_sessions(W, fractions)` exactly as today's single split cuts all S
 sessions, with W the largest span for which K folds fit (W + (K - 1) x test <= S). K = 1 therefore *is*
-today's split. Sessions left over (fewer than one step) are the earliest ones and go unused; anchored folds
-start training where the first fold does, so rolling and anchored share their first fold.
+today's split. Sessions left over are the earliest ones and go unused (at most K - 1 with fractions); anchored
+folds start training where the first fold does, so rolling and anchored share their first fold. Test windows
+never overlap; a later fold's train and validation windows may cover an earlier fold's test window (that is
+what a rolling origin is).
 
 What a fold needs to train and evaluate is a `Market` whose `splits` are the fold's windows and whose feature
 scaler was fitted on the fold's training window only (no look-ahead: bars after a fold's train window cannot

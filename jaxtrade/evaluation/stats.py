@@ -25,6 +25,8 @@ from typing import Callable
 
 import numpy as np
 
+from jaxtrade import metrics
+
 EULER_GAMMA = 0.5772156649015329
 
 
@@ -78,7 +80,8 @@ def stratified_bootstrap(statistic, *scores, reps: int = 50_000, seed: int = 0,
     replicate draws R runs with replacement *within each task* (column), independently per task, and applies
     the same draw to every array in `scores` (so paired configurations stay paired by seed).
 
-    statistic: "mean", "iqm" (vectorised) or a callable of `len(scores)` `[R, K]` arrays returning a float.
+    statistic: "mean", "iqm" (vectorised) or a callable of `len(scores)` `[R, K]` arrays returning a float
+        (called once per replicate: a few thousand reps are plenty).
     scores: one or more `[R, K]` matrices of the same shape."""
     mats = [_scores(s, f"scores[{i}]") for i, s in enumerate(scores)]
     if not mats:
@@ -198,12 +201,9 @@ def norm_ppf(p: float) -> float:
 
 
 def sharpe_per_period(returns) -> float:
-    """mean / std (ddof=1) of `[T]` returns, not annualised; NaN when undefined (T < 2 or zero deviation)."""
-    r = np.asarray(returns, np.float64)
-    if r.size < 2:
-        return math.nan
-    sd = r.std(ddof=1)
-    return float(r.mean() / sd) if sd > 1e-12 * max(1.0, float(np.abs(r).max())) else math.nan
+    """mean / std (ddof=1) of `[T]` returns, not annualised: `metrics.sharpe` (DESIGN section 7, the one
+    definition) without its sqrt(252); NaN when undefined (T < 2 or zero deviation)."""
+    return float(metrics.sharpe(np.asarray(returns, np.float64).reshape(-1))) / math.sqrt(metrics.TRADING_DAYS)
 
 
 def skew_kurtosis(returns) -> tuple[float, float]:
@@ -286,6 +286,7 @@ def deflated_sharpe_ratio(returns, trial_sharpes, *, num_trials: int | None = No
     returns: `[T]` per-period returns of the selected strategy (jaxtrade: the daily returns of section 7).
     trial_sharpes: `[N]` Sharpe ratios of every trial tried, the selected one included, annualised with
         sqrt(`periods_per_year`) (252 for `jaxtrade.metrics.sharpe`; 1 when already per period).
+        Null (NaN) Sharpe ratios count in N but not in the variance.
     num_trials: N (default `len(trial_sharpes)`; pass fewer for correlated trials' effective number)."""
     r = np.asarray(returns, np.float64).reshape(-1)
     sr = sharpe_per_period(r)
@@ -293,8 +294,8 @@ def deflated_sharpe_ratio(returns, trial_sharpes, *, num_trials: int | None = No
         raise ValueError(f"deflated_sharpe_ratio: the selected strategy's Sharpe is undefined ({r.size} returns, "
                          f"zero deviation or fewer than 2)")
     trials = np.asarray(trial_sharpes, np.float64).reshape(-1) / math.sqrt(periods_per_year)
-    trials = trials[np.isfinite(trials)]
-    n = int(num_trials if num_trials is not None else max(len(trials), 1))
+    n = int(num_trials if num_trials is not None else max(trials.size, 1))
+    trials = trials[np.isfinite(trials)]  # a null Sharpe (never traded) still counts as a trial in N
     variance = float(trials.var(ddof=1)) if trials.size > 1 else 0.0
     skew, kurt = skew_kurtosis(r)
     sr0 = expected_max_sharpe(n, variance)
