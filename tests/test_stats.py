@@ -37,10 +37,16 @@ def test_bootstrap_degenerate_cases_are_exact():
     assert set(np.unique(dist)) == {0.0, 0.5, 1.0}
     assert np.mean(dist == 0.5) == pytest.approx(0.5, abs=0.01)
     assert S.percentile_interval(dist) == (0.0, 1.0)
-    # Paired arrays share each draw: x - y is the same constant in every replicate.
+    # Paired arrays share each draw: x - y is the same constant in every replicate; unpaired ones (rliable's
+    # default for several arrays) are drawn independently, so the difference varies.
     x = np.random.default_rng(2).normal(size=(5, 3))
-    diff = S.stratified_bootstrap(lambda a, b: a.mean() - b.mean(), x, x - 0.25, reps=300)
+    diff = S.stratified_bootstrap(lambda a, b: a.mean() - b.mean(), x, x - 0.25, reps=300, paired=True)
     np.testing.assert_allclose(diff, 0.25, atol=1e-12)
+    diff = S.stratified_bootstrap(lambda a, b: a.mean() - b.mean(), x, x - 0.25, reps=300)
+    assert diff.std() > 0.05
+    # Independent arrays may have different run counts (tasks are the strata); each keeps its own task columns.
+    y = np.array([[0.0, 1.0, 2.0]] * 2)
+    assert np.all(S.stratified_bootstrap(lambda a, b: b.mean(), x, y, reps=50) == 1.0)
 
 
 def test_bootstrap_matches_exact_enumeration():

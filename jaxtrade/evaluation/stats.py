@@ -74,31 +74,35 @@ def _batched(statistic: Callable) -> Callable:
     return lambda *xs: np.array([statistic(*(x[b] for x in xs)) for b in range(xs[0].shape[0])], np.float64)
 
 
-def stratified_bootstrap(statistic, *scores, reps: int = 50_000, seed: int = 0,
+def stratified_bootstrap(statistic, *scores, reps: int = 50_000, seed: int = 0, paired: bool = False,
                          chunk: int = 5_000) -> np.ndarray:
     """The bootstrap distribution `[reps]` of `statistic(*scores)` under rliable's stratified resampling: each
-    replicate draws R runs with replacement *within each task* (column), independently per task, and applies
-    the same draw to every array in `scores` (so paired configurations stay paired by seed).
+    replicate draws R runs with replacement *within each task* (column), independently per task. Several arrays
+    (e.g. two configurations for a difference or a probability of improvement) are resampled independently of
+    each other, as rliable's `StratifiedIndependentBootstrap` does; `paired=True` applies one draw to all of
+    them instead (same shape required), for runs that are matched across arrays.
 
-    statistic: "mean", "iqm" (vectorised) or a callable of `len(scores)` `[R, K]` arrays returning a float
+    statistic: "mean", "iqm" (vectorised) or a callable of `len(scores)` `[R_i, K]` arrays returning a float
         (called once per replicate: a few thousand reps are plenty).
-    scores: one or more `[R, K]` matrices of the same shape."""
+    scores: one or more `[R_i, K]` matrices."""
     mats = [_scores(s, f"scores[{i}]") for i, s in enumerate(scores)]
     if not mats:
         raise ValueError("stratified_bootstrap: no scores")
-    if any(m.shape != mats[0].shape for m in mats):
-        raise ValueError(f"stratified_bootstrap: shapes differ {[m.shape for m in mats]}")
+    if paired and any(m.shape != mats[0].shape for m in mats):
+        raise ValueError(f"stratified_bootstrap: paired arrays must share a shape, got {[m.shape for m in mats]}")
     if reps < 1:
         raise ValueError(f"reps must be >= 1, got {reps}")
     fn = _batched(statistic)
-    runs, tasks = mats[0].shape
     rng = np.random.default_rng(seed)
-    cols = np.arange(tasks)
     out = []
     for start in range(0, reps, chunk):
         b = min(chunk, reps - start)
-        idx = rng.integers(0, runs, size=(b, runs, tasks))  # run drawn for each (replicate, slot, task)
-        out.append(fn(*(m[idx, cols] for m in mats)))
+        if paired:  # run drawn for each (replicate, slot, task), shared by every array
+            idx = rng.integers(0, mats[0].shape[0], size=(b,) + mats[0].shape)
+            draws = [m[idx, np.arange(m.shape[1])] for m in mats]
+        else:
+            draws = [m[rng.integers(0, m.shape[0], size=(b,) + m.shape), np.arange(m.shape[1])] for m in mats]
+        out.append(fn(*draws))
     return np.concatenate(out)
 
 
@@ -112,11 +116,12 @@ def percentile_interval(distribution, confidence: float = 0.95) -> tuple[float, 
     return float(lo), float(hi)
 
 
-def bootstrap_interval(statistic, *scores, confidence: float = 0.95, reps: int = 50_000,
-                       seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(statistic, *scores, confidence: float = 0.95, reps: int = 50_000, seed: int = 0,
+                       paired: bool = False) -> tuple[float, float]:
     """95% (by default) stratified bootstrap percentile interval of `statistic(*scores)` (rliable's
     `get_interval_estimates`). Arguments as `stratified_bootstrap`."""
-    return percentile_interval(stratified_bootstrap(statistic, *scores, reps=reps, seed=seed), confidence)
+    return percentile_interval(stratified_bootstrap(statistic, *scores, reps=reps, seed=seed, paired=paired),
+                               confidence)
 
 
 @dataclasses.dataclass(frozen=True)
