@@ -3,10 +3,12 @@
     python -m experiments.adapt --model M --symbol S --processed_data_dir P [--output_dir O] [--steps N]
 
 `--model`: a jaxtrade `.pth` file or an Orbax stage directory (`checkpoints/{run}/{symbol}/{stage}`, its latest
-step; its meta's "network" entry rebuilds the network). Support data: the symbol's most recent
+step; its meta's "network" entry rebuilds the network), read by the one model loader (`policies.load_model`).
+It adapts and compares under the market rules the model trained with (the `EnvConfig` its file records); a
+market-rule flag given on the command line overrides one of them and says so. Support data: the symbol's most recent
 `--support_sessions` sessions of the training split (0: the whole training split), i.e. the sessions just
 before validation. `--steps` inner SGD steps (default: MAMLConfig.inner_loop_steps) on the PPO-style inner loss
-of support rollouts collected once with the given model (the same `jaxtrade.agents.maml.adapt` as training).
+of support rollouts collected once with the given model (`jaxtrade.agents.maml.adapt_on_support`, the inner loop of training).
 Writes an Orbax checkpoint (`{output_dir}/orbax`, meta with "network") and `{output_dir}/{symbol}_adapted.pth`
 (default output directory `checkpoints/adapted/{symbol}`), and prints the validation-split backtest metrics
 (float64 money) before and after adaptation side by side.
@@ -90,28 +92,6 @@ def build_envs(rules: EnvConfig, processed_dir, symbol: str, split: str, seed: i
     return market, support, market64, B.BacktestConfig(env=rules, split=split, seed=seed)
 
 
-def load_model(path):
-    """(flax variables, flax module, meta/config dict) of a .pth file or an Orbax stage directory."""
-    from jaxtrade import export
-    from jaxtrade.checkpoints import restore_params
-    from jaxtrade.errors import InputError
-
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"--model: {p}: not found")
-    if p.is_dir():
-        params, meta = restore_params(p)
-        if not isinstance(meta.get("network"), dict):
-            raise InputError(f"--model: {p}: checkpoint meta has no 'network' entry (the network config)")
-        network = export.network_from_config(meta["network"])
-        if not (isinstance(params, dict) and set(params) == {"params"}):
-            params = {"params": params}
-        return params, network, meta
-    if p.suffix != ".pth":
-        raise InputError(f"--model: {p}: neither a .pth file nor an Orbax stage directory")
-    return export.params_from_pth(p)
-
-
 def _fmt(v) -> str:
     if v is None:
         return "n/a"
@@ -130,11 +110,13 @@ def main(argv) -> int:
     from jaxtrade.agents.ppo import PPOConfig
     from jaxtrade.checkpoints import StageCheckpointer
     from jaxtrade.errors import InputError
-    from jaxtrade.policies import network_policy
+    from jaxtrade.jsonio import to_json
+    from jaxtrade.policies import load_model, network_policy
 
     if not FLAGS.model or not FLAGS.symbol:
         raise InputError("--model and --symbol are required")
-    given = cli.env_overrides(FLAGS, ENV_FIELDS, flag_of)
+    from jaxtrade.config import env_overrides
+    given = env_overrides(FLAGS, ENV_FIELDS, flag_of)
     cfg = maml.MAMLConfig()
     steps = cfg.inner_loop_steps if FLAGS.steps is None else FLAGS.steps
     if steps < 1:
@@ -145,8 +127,9 @@ def main(argv) -> int:
     lr = cfg.inner_learning_rate if FLAGS.inner_learning_rate is None else FLAGS.inner_learning_rate
     cfg = cfg.replace(inner_loop_steps=steps, inner_learning_rate=lr, support_num_envs=FLAGS.support_num_envs,
                       support_num_steps=FLAGS.support_num_steps)
-    params, network, model_meta = load_model(FLAGS.model)
-    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    model = load_model(FLAGS.model)
+    params, network, model_meta = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), model.params), \
+        model.network, model.config
     # The model adapts and is compared under the rules it trained with (its position features, for one, are a
     # percentage of its training capital); a market-rule flag overrides one of them with a notice.
     rules, lines = adapt_rules(model_meta, given)
@@ -166,19 +149,10 @@ def main(argv) -> int:
         raise InputError(f"{FLAGS.symbol}: the support range has {hi - sup_lo} sessions, fewer than "
                          f"--episode_sessions={rules.episode_sessions}")
     support_params = maml.with_range(env_params, sup_lo, hi)
-    ppo_config = PPOConfig()
-    inner_config = maml.inner_ppo_config(ppo_config, cfg)
-
-    def apply_fn(p, obs):
-        return network.apply(p, obs)
 
     @jax.jit
     def run_adapt(p, key):
-        batch, traj = maml.collect_batch(apply_fn, p, support_params, key, cfg.support_num_envs,
-                                         cfg.support_num_steps, ppo_config)
-        adapted, losses = maml.adapt(p, batch, lambda q, b: maml.ppo_loss(q, apply_fn, b, inner_config)[0],
-                                     cfg.inner_learning_rate, cfg.inner_loop_steps, remat=False,
-                                     inner_grad_clip=cfg.inner_grad_clip or None)
+        (adapted, losses), traj = maml.adapt_on_support(network.apply, p, support_params, key, cfg, PPOConfig())
         return adapted, losses, maml.window_return(traj)
 
     adapted, losses, support_return = run_adapt(params, jax.random.key(FLAGS.seed))
@@ -200,12 +174,12 @@ def main(argv) -> int:
     ckpt = StageCheckpointer(out_dir / "orbax", keep=1)
     ckpt.save(steps, {"params": adapted},
               {"stage": "adapted", "symbol": FLAGS.symbol, "network": net_cfg, "iteration": steps,
-               "complete": True, "record": maml._json_safe(record), "env_config": rules.to_dict()})
+               "complete": True, "record": to_json(record), "env_config": rules.to_dict()})
     ckpt.close()
     pth = export.export_pth(out_dir / f"{FLAGS.symbol}_adapted.pth", adapted, network, symbol=FLAGS.symbol,
                             stage="adapted", obs_names=list(E.OBS_NAMES), scaler=market.scaler.to_dict(),
                             metrics=results["after"], env_config=rules.to_dict(),
-                            extra={k: v for k, v in maml._json_safe(record).items()
+                            extra={k: v for k, v in to_json(record).items()
                                    if k not in ("before", "after", "env_config")})
     print(f"adapted {FLAGS.model} to {FLAGS.symbol}: {steps} inner steps (lr {lr:g}) on support sessions "
           f"[{sup_lo}, {hi}) of the training split ({cfg.support_num_envs} x {cfg.support_num_steps} steps); "

@@ -89,7 +89,7 @@ def _check_flags() -> None:
     F = FLAGS
     if F.lot_size is not None and not F.lot_size > 0:  # EnvConfig's 0 (= the NSE lot) is not a lot size to type
         raise InputError(f"--lot-size must be positive, got {F.lot_size:g}")
-    from jaxtrade.cli import env_overrides
+    from jaxtrade.config import env_overrides
     env_overrides(F, ENV_FIELDS, flag_of)  # every market-rule flag checked before any work
     if F.model and F.policy:
         raise InputError("--model and --policy: give one of them, not both")
@@ -208,7 +208,7 @@ def main(argv) -> int:
     B.enable_x64()
     from jaxtrade import policies as P, report as R
 
-    from jaxtrade.cli import env_overrides
+    from jaxtrade.config import env_overrides
     given = env_overrides(F, ENV_FIELDS, flag_of)
     shared_model = P.load_policy(F.model) if F.model else None
     found = {symbol: _find_model(symbol, shared_model) for symbol in symbols}  # every model loaded up front

@@ -4,6 +4,7 @@
     python -m experiments.bench ppo [--processed_data_dir DIR --symbol SYMBOL] [--repeats 3] [--configs default,throughput]
     python -m experiments.bench moe [same flags as ppo]
     python -m experiments.bench maml [--processed_data_dir DIR --symbol SYMBOL] [--repeats 3] [--iterations 3]
+    python -m experiments.bench vmap [--stage ppo|moe|maml] [--batch 8] [--iterations 3] [--repeats 3]
 
 `ppo`: end-to-end PPO training throughput (rollout + GAE + update), env steps per second, the median of
 `--repeats` timed runs of `--iterations` iterations each, compile time reported separately. Without
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 from absl import app, flags
 
 from jaxtrade import cli
@@ -32,8 +34,10 @@ flags.DEFINE_integer("repeats", 3, "timed runs per config (the median is reporte
 flags.DEFINE_list("configs", ["default", "throughput"], "ppo bench configs to run: default, throughput")
 flags.DEFINE_integer("iterations", 0, "iterations per timed run (0: per-config default)")
 flags.DEFINE_integer("num_envs", 0, "override num_envs of every config (0: keep)")
+flags.DEFINE_string("stage", "ppo", "vmap: the stage whose learning rate is swept (ppo, moe, maml)")
+flags.DEFINE_integer("batch", 8, "vmap: learning rates in the vmapped batch")
 
-COMMANDS = ("env", "ppo", "maml", "moe")
+COMMANDS = ("env", "ppo", "maml", "moe", "vmap")
 
 # The market rules every training bench runs under (the training defaults: NSE futures costs, 1 tick of
 # slippage, one-session episodes), built into EnvParams by `env.env_params` like every other consumer's.
@@ -87,10 +91,9 @@ def _ppo_configs():
 
     return {
         # The seed's hyperparameters (minibatch 128, 6 epochs) with the default 256 x 128 rollout.
-        "default": (PPOConfig(log_every=0), 3),
+        "default": (PPOConfig(), 3),
         # Same network, 4 epochs, larger rollout and minibatches: the throughput bar's config.
-        "throughput": (PPOConfig(num_envs=2048, num_steps=64, minibatch_size=4096, update_epochs=4,
-                                 log_every=0), 10),
+        "throughput": (PPOConfig(num_envs=2048, num_steps=64, minibatch_size=4096, update_epochs=4), 10),
     }
 
 
@@ -127,6 +130,34 @@ def _training_bench_setup(tmp: str):
     return symbol, market, bench_env_params(market), configs
 
 
+def _time_runs(trainer, iters: int, memory: bool = False):
+    """(state, compile seconds, run seconds of each of --repeats runs[, XLA temp MB]) of the shared
+    `agents.base.run` of `iters` iterations: compiled once (trainer and state are arguments), one warm-up."""
+    import functools
+
+    import jax
+
+    from jaxtrade.agents.base import run
+
+    state = jax.block_until_ready(jax.jit(lambda t, k: t.init(k))(trainer, jax.random.key(0)))
+    t0 = time.perf_counter()
+    compiled = jax.jit(functools.partial(run, num_iterations=iters)).lower(trainer, state).compile()
+    compile_s = time.perf_counter() - t0
+    temp_mb = None
+    if memory:
+        try:
+            temp_mb = compiled.memory_analysis().temp_size_in_bytes / 2**20
+        except Exception:  # noqa: BLE001 - not every backend reports it
+            temp_mb = None
+    state, _ = jax.block_until_ready(compiled(trainer, state))  # warm-up
+    times = []
+    for _ in range(max(FLAGS.repeats, 1)):
+        t0 = time.perf_counter()
+        state, _ = jax.block_until_ready(compiled(trainer, state))
+        times.append(time.perf_counter() - t0)
+    return (state, compile_s, times, temp_mb) if memory else (state, compile_s, times)
+
+
 def bench_ppo(argv) -> None:
     import jax
 
@@ -140,17 +171,8 @@ def bench_ppo(argv) -> None:
             if FLAGS.num_envs:
                 config = config.replace(num_envs=FLAGS.num_envs)
             iters = FLAGS.iterations or iters
-            trainer = make_trainer(config, env_params, callback=None)
-            rs = jax.block_until_ready(trainer.init(jax.random.key(0)))
-            t0 = time.perf_counter()
-            compiled = jax.jit(trainer.run_fn, static_argnums=2).lower(rs, env_params, iters).compile()
-            compile_s = time.perf_counter() - t0
-            rs, _ = jax.block_until_ready(compiled(rs, env_params))  # warm-up
-            times = []
-            for _ in range(max(FLAGS.repeats, 1)):
-                t0 = time.perf_counter()
-                rs, metrics = jax.block_until_ready(compiled(rs, env_params))
-                times.append(time.perf_counter() - t0)
+            trainer = make_trainer(config, env_params)
+            rs, compile_s, times = _time_runs(trainer, iters)
             steps = iters * config.batch_size
             med = statistics.median(times)
             print(json.dumps({
@@ -180,24 +202,9 @@ def bench_maml(argv) -> None:
         device = jax.devices()[0]
         iters = FLAGS.iterations or 3
         for first_order in (True, False):
-            config = maml.MAMLConfig(first_order=first_order, log_every=0)
-            trainer = maml.make_trainer(config, PPOConfig(), env_params, callback=None)
-            state = jax.block_until_ready(trainer.init(jax.random.key(0)))
-            t0 = time.perf_counter()
-            compiled = trainer._iteration_jit.lower(state, env_params, False).compile()
-            compile_s = time.perf_counter() - t0
-            try:
-                temp_mb = compiled.memory_analysis().temp_size_in_bytes / 2**20
-            except Exception:  # noqa: BLE001 - not every backend reports it
-                temp_mb = None
-            state, _ = jax.block_until_ready(compiled(state, env_params, False))  # warm-up
-            times = []
-            for _ in range(max(FLAGS.repeats, 1)):
-                t0 = time.perf_counter()
-                for _ in range(iters):
-                    state, _ = compiled(state, env_params, False)
-                jax.block_until_ready(state)
-                times.append(time.perf_counter() - t0)
+            config = maml.MAMLConfig(first_order=first_order)
+            trainer = maml.make_trainer(config, PPOConfig(), env_params)
+            state, compile_s, times, temp_mb = _time_runs(trainer, iters, memory=True)
             med = statistics.median(times)
             print(json.dumps({
                 "bench": "maml", "order": "first" if first_order else "second", "remat": config.remat,
@@ -250,22 +257,12 @@ def bench_moe(argv) -> None:
             rates, macs = {}, {}
             for net in ("ppo128", "moe"):
                 if net == "moe":
-                    trainer = moe_agent.make_trainer(moe_config.replace(num_iterations=iters), config, env_params,
-                                                     callback=None)
+                    trainer = moe_agent.make_trainer(moe_config.replace(num_iterations=iters), config, env_params)
                 else:
-                    trainer = make_trainer(config, env_params, callback=None)
-                rs = jax.block_until_ready(trainer.init(jax.random.key(0)))
-                t0 = time.perf_counter()
-                compiled = jax.jit(trainer.run_fn, static_argnums=2).lower(rs, env_params, iters).compile()
-                compile_s = time.perf_counter() - t0
-                rs, _ = jax.block_until_ready(compiled(rs, env_params))  # warm-up
-                times = []
-                for _ in range(max(FLAGS.repeats, 1)):
-                    t0 = time.perf_counter()
-                    rs, _ = jax.block_until_ready(compiled(rs, env_params))
-                    times.append(time.perf_counter() - t0)
+                    trainer = make_trainer(config, env_params)
+                rs, compile_s, times = _time_runs(trainer, iters)
                 rates[net] = iters * config.batch_size / statistics.median(times)
-                macs[net] = _dense_macs_per_row(rs.train_state.params)
+                macs[net] = _dense_macs_per_row(rs.params)
                 line = {"bench": "moe", "config": name, "network": net, "dense_macs_per_row": macs[net],
                         "num_envs": config.num_envs,
                         "num_steps": config.num_steps, "minibatch_size": config.minibatch_size,
@@ -285,13 +282,72 @@ def bench_moe(argv) -> None:
                 print(json.dumps(line), flush=True)
 
 
+def bench_vmap(argv) -> None:
+    """`vmap`: a batch of `--batch` learning rates (log-spaced, each with its own seed) trained in one vmapped
+    program against one run of the same trainer, timed in the same process: `ratio_vs_batch_singles` =
+    vmapped time / (batch x single time), the issue's bar being <= 1.1 on a CPU. `--stage` ppo (default config),
+    moe or maml; each timed run is `train` (init + `--iterations` iterations)."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    from jaxtrade.agents import maml as maml_agent, moe as moe_agent
+    from jaxtrade.agents.base import train
+    from jaxtrade.agents.ppo import PPOConfig, make_trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        symbol, market = _bench_market(tmp)
+        env_params = bench_env_params(market)
+        iters = FLAGS.iterations or 3
+        if FLAGS.stage == "ppo":
+            trainer, lr_field = make_trainer(PPOConfig(), env_params), "learning_rate"
+        elif FLAGS.stage == "moe":
+            trainer, lr_field = moe_agent.make_trainer(moe_agent.MoEConfig(), PPOConfig(), env_params), "learning_rate"
+        elif FLAGS.stage == "maml":
+            trainer, lr_field = maml_agent.make_trainer(maml_agent.MAMLConfig(), PPOConfig(), env_params), \
+                "meta_learning_rate"
+        else:
+            raise cli.InputError(f"--stage: unknown stage {FLAGS.stage!r} (choose from ppo, moe, maml)")
+        batch = FLAGS.batch
+        lrs = jnp.asarray(np.geomspace(1e-4, 1e-3, batch), jnp.float32)
+        keys = jax.random.split(jax.random.key(0), batch)
+        single = jax.jit(functools.partial(train, num_iterations=iters))
+        swept = jax.jit(jax.vmap(lambda t, lr, k: train(t.with_hparams(**{lr_field: lr}), k, iters),
+                                 in_axes=(None, 0, 0)))
+        result = {}
+        for name, fn, args in (("single", single, (trainer, keys[0])), ("vmapped", swept, (trainer, lrs, keys))):
+            t0 = time.perf_counter()
+            compiled = fn.lower(*args).compile()
+            compile_s = time.perf_counter() - t0
+            jax.block_until_ready(compiled(*args))  # warm-up
+            times = []
+            for _ in range(max(FLAGS.repeats, 1)):
+                t0 = time.perf_counter()
+                jax.block_until_ready(compiled(*args))
+                times.append(time.perf_counter() - t0)
+            result[name] = (statistics.median(times), compile_s, times)
+        device = jax.devices()[0]
+        ratio = result["vmapped"][0] / (batch * result["single"][0])
+        print(json.dumps({
+            "bench": "vmap", "stage": FLAGS.stage, "swept": lr_field, "batch": batch, "iterations": iters,
+            "single_s": round(result["single"][0], 4), "vmapped_s": round(result["vmapped"][0], 4),
+            "ratio_vs_batch_singles": round(ratio, 3),
+            "steps_per_s": round(batch * iters * trainer.env_steps_per_iteration / result["vmapped"][0], 1),
+            "compile_s": {k: round(v[1], 3) for k, v in result.items()},
+            "run_s": {k: [round(t, 4) for t in v[2]] for k, v in result.items()}, "symbol": symbol,
+            "synthetic": market.synthetic, "device": f"{device.platform}:{device.device_kind}",
+            "host": platform.machine(), "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+            "jax": jax.__version__}), flush=True)
+
+
 def main(argv) -> None:
     if len(argv) < 2 or argv[1] not in COMMANDS:
         cli.die(f"usage: python -m experiments.bench {{{'|'.join(COMMANDS)}}} [flags]")
     if len(argv) > 2:
         cli.die(f"unexpected positional arguments: {' '.join(argv[2:])}")
     try:
-        {"env": bench_env, "ppo": bench_ppo, "maml": bench_maml, "moe": bench_moe}[argv[1]](argv)
+        {"env": bench_env, "ppo": bench_ppo, "maml": bench_maml, "moe": bench_moe, "vmap": bench_vmap}[argv[1]](argv)
     except cli.InputError as e:
         cli.die(str(e))
 

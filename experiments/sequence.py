@@ -73,7 +73,7 @@ def config_from_flags() -> C.SequenceConfig:
 
 def main(argv) -> int:
     del argv
-    from jaxtrade.sequence import run_sequence
+    from jaxtrade.pipeline import run_sequence
 
     logging.set_verbosity(logging.INFO)
     cfg = config_from_flags()

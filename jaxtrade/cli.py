@@ -107,27 +107,6 @@ def die(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def env_overrides(flag_values, fields: Iterable[str], flag_of: Callable[[str], str]) -> dict:
-    """{`EnvConfig` field: value} for the market-rule flags the user typed (absl's `present`), each converted to
-    the field's type and checked, errors naming the command's spelling `flag_of(field)` (e.g. `--slippage-ticks`).
-    Flags left at their defaults are not in it: a trained model's own rules stand for them."""
-    from jaxtrade.config import coerce, field_kind
-    from jaxtrade.env import EnvConfig
-
-    out = {}
-    for field in fields:
-        flag = flag_values[flag_of(field).lstrip("-").replace("-", "_")]
-        if not flag.present or flag.value is None:
-            continue
-        kind, optional = field_kind(EnvConfig, field)
-        out[field] = coerce(flag.value, kind, optional, flag_of(field))
-        try:
-            EnvConfig().replace(**{field: out[field]})
-        except InputError as e:
-            raise InputError(str(e).replace(f"--env.{field}", flag_of(field))) from None
-    return out
-
-
 HELP_ARGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull")
 
 

@@ -12,12 +12,16 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
+from jaxtrade.agents.maml import MAMLConfig
+from jaxtrade.agents.moe import MoEConfig
 from jaxtrade.agents.ppo import PPOConfig
 from jaxtrade.data import SPLITS
 from jaxtrade.env import EnvConfig
 from jaxtrade.errors import InputError
+from jaxtrade.gates import GateConfig, MAMLGateConfig
+from jaxtrade.jsonio import to_json
 
 ON_FAIL = ("continue", "extend", "stop")
 STAGES = ("ppo", "moe", "maml")
@@ -66,16 +70,6 @@ class RunConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class GateConfig:
-    """A stage passes when every set criterion holds on the validation split (None = not checked)."""
-
-    min_win_rate: float | None = None
-    min_profit_factor: float | None = None
-    max_drawdown: float | None = None
-    min_iterations: int = 0  # the seed's advancement_criteria.min_episodes
-
-
-@dataclasses.dataclass(frozen=True)
 class ProgressionConfig:
     auto_progression: bool = True  # go on to the next stage automatically
     on_fail: str = "extend"  # continue | extend | stop (the seed's extend_training: true -> extend)
@@ -89,19 +83,8 @@ class ProgressionConfig:
 
 
 def _group_types() -> dict[str, type]:
-    groups: dict[str, type] = {"env": EnvConfig, "ppo": PPOConfig, "ppo_gate": GateConfig,
-                               "progression": ProgressionConfig}
-    import importlib
-
-    # Stage modules are imported here, not at the top, so that `jaxtrade.config` stays cheap to import.
-    for stage, names in (("moe", ("MoEConfig", None)), ("maml", ("MAMLConfig", "MAMLGateConfig"))):
-        try:
-            module = importlib.import_module(f"jaxtrade.agents.{stage}")
-        except ModuleNotFoundError:
-            continue
-        groups[stage] = getattr(module, names[0])
-        groups[f"{stage}_gate"] = getattr(module, names[1]) if names[1] else GateConfig
-    return groups
+    return {"env": EnvConfig, "ppo": PPOConfig, "ppo_gate": GateConfig, "progression": ProgressionConfig,
+            "moe": MoEConfig, "moe_gate": GateConfig, "maml": MAMLConfig, "maml_gate": MAMLGateConfig}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,29 +99,18 @@ class SequenceConfig:
         raise AttributeError(name)
 
     def to_dict(self) -> dict:
-        return {"run": _plain(dataclasses.asdict(self.run)),
-                **{k: _plain(dataclasses.asdict(v)) for k, v in self.groups.items()}}
+        return {"run": to_json(self.run), **{k: to_json(v) for k, v in self.groups.items()}}
 
 
 def default_groups() -> dict[str, Any]:
     defaults = {name: cls() for name, cls in _group_types().items()}
     defaults["ppo_gate"] = GateConfig(min_win_rate=0.35, min_profit_factor=0.8, max_drawdown=0.40, min_iterations=50)
-    if "moe_gate" in defaults:
-        defaults["moe_gate"] = GateConfig(min_win_rate=0.40, min_profit_factor=1.0, max_drawdown=0.35,
-                                          min_iterations=100)
+    defaults["moe_gate"] = GateConfig(min_win_rate=0.40, min_profit_factor=1.0, max_drawdown=0.35, min_iterations=100)
     return defaults
 
 
 def default_config() -> SequenceConfig:
     return SequenceConfig(run=RunConfig(), groups=default_groups())
-
-
-def _plain(x):
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -229,6 +201,24 @@ def apply_overrides(config: SequenceConfig, overrides: Mapping[str, Any], where:
             # Name the flag the user typed (--ppo.learning_rate), not the dataclass field (PPOConfig.learning_rate).
             raise InputError(f"{where}{str(e).replace(type(groups[group]).__name__ + '.', f'--{group}.')}") from None
     return SequenceConfig(run=run, groups=groups)
+
+
+def env_overrides(flag_values, fields: Iterable[str], flag_of: Callable[[str], str]) -> dict:
+    """{`EnvConfig` field: value} for the market-rule flags the user typed (absl's `present`), each converted to
+    the field's type and checked, errors naming the command's spelling `flag_of(field)` (e.g. `--slippage-ticks`).
+    Flags left at their defaults are not in it: a trained model's own rules stand for them."""
+    out = {}
+    for field in fields:
+        flag = flag_values[flag_of(field).lstrip("-").replace("-", "_")]
+        if not flag.present or flag.value is None:
+            continue
+        kind, optional = field_kind(EnvConfig, field)
+        out[field] = coerce(flag.value, kind, optional, flag_of(field))
+        try:
+            EnvConfig().replace(**{field: out[field]})
+        except InputError as e:
+            raise InputError(str(e).replace(f"--env.{field}", flag_of(field))) from None
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -136,8 +136,8 @@ class MoEActorCritic(nn.Module):
     policy:  pi(a|s) = sum_e g_e softmax(logits_e)(a); `logits` = log pi (a normalised log-probability)
     value:   V(s) = sum_e g_e v_e
 
-    `__call__(obs) -> (logits [..., A], value [...])`, the trainers' network contract;
-    `details(obs) -> dict` adds the aux: `gate_probs [..., E]`, `gate_logits [..., E]` (after the
+    `__call__(obs) -> (logits [..., A], value [...])`, the trainers' network contract (the MoE trainer passes
+    `temperature=`, its hyperparameter leaf); `details(obs) -> dict` adds the aux: `gate_probs [..., E]`, `gate_logits [..., E]` (after the
     temperature), `expert_logits [..., E, A]`, `expert_values [..., E]`, `logits`, `value`.
 
     Parameter names (export contract):
@@ -172,14 +172,15 @@ class MoEActorCritic(nn.Module):
     def expert_hidden_sizes(self) -> tuple[int, ...]:
         return (int(self.expert_hidden_dim),) * int(self.expert_num_layers)
 
-    def gate(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """(gate probabilities [..., E], tempered gate logits [..., E])."""
+    def gate(self, obs: jax.Array, temperature=None) -> tuple[jax.Array, jax.Array]:
+        """(gate probabilities [..., E], tempered gate logits [..., E]). `temperature` (a float or a traced
+        hyperparameter, for sweeps) replaces `gating_temperature` when given."""
         h = activation_fn(self.activation)(self.gate_0(obs))
-        z = self.gate_out(h) / self.gating_temperature
+        z = self.gate_out(h) / (self.gating_temperature if temperature is None else temperature)
         return jax.nn.softmax(z, axis=-1), z
 
-    def details(self, obs: jax.Array) -> dict[str, jax.Array]:
-        gate_probs, gate_logits = self.gate(obs)
+    def details(self, obs: jax.Array, temperature=None) -> dict[str, jax.Array]:
+        gate_probs, gate_logits = self.gate(obs, temperature)
         expert_logits, expert_values = self.experts(obs)  # [E, ..., A], [E, ...]
         expert_logits = jnp.moveaxis(expert_logits, 0, -2)  # [..., E, A]
         expert_values = jnp.moveaxis(expert_values, 0, -1)  # [..., E]
@@ -190,8 +191,8 @@ class MoEActorCritic(nn.Module):
         return {"logits": logits, "value": value, "gate_probs": gate_probs, "gate_logits": gate_logits,
                 "expert_logits": expert_logits, "expert_values": expert_values}
 
-    def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
-        d = self.details(obs)
+    def __call__(self, obs: jax.Array, temperature=None) -> tuple[jax.Array, jax.Array]:
+        d = self.details(obs, temperature)
         return d["logits"], d["value"]
 
 

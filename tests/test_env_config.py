@@ -33,7 +33,7 @@ def data_dir(tmp_path_factory):
 
 
 def _sequence_context(config, directory):
-    from jaxtrade.sequence import SymbolContext
+    from jaxtrade.pipeline.context import SymbolContext
 
     cfg = C.apply_overrides(C.default_config(), {"symbols": (SYMBOL,), "processed_data_dir": str(directory)})
     cfg = C.SequenceConfig(run=cfg.run, groups={**cfg.groups, "env": config})

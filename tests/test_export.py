@@ -1,5 +1,6 @@
 """jaxtrade.export: .pth files (weights_only), the PyTorch policy matches the JAX policy, round trips,
-load_policy through pure_callback / JAX / Orbax directories, and the one-line errors."""
+the one model loader (`policies.load_policy`) through pure_callback / JAX / Orbax directories, and the one-line
+errors."""
 
 import os
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 
 from jaxtrade import export as X
 from jaxtrade import networks as N
+from jaxtrade import policies
 from jaxtrade.env import OBS_NAMES
 from jaxtrade.errors import InputError
 from jaxtrade.features import FEATURE_NAMES, Scaler
@@ -268,8 +270,9 @@ def test_load_policy_pth(tmp_path, torch, which, backend):
     net = N.make_network(3, (32, 32)) if which == "ac" else _moe()
     params = _params(net)
     path = _export(tmp_path, net, params, name="NIFTY_ppo_stage1.pth")
-    act, name, config = X.load_policy(path, backend=backend, obs_names=OBS_NAMES)
-    assert name == "NIFTY_ppo_stage1" and config["stage"] == "ppo"
+    pol = policies.load_policy(path, backend=backend, obs_names=OBS_NAMES)
+    act, name, config = pol.act, pol.name, pol.config
+    assert name == "NIFTY_ppo_stage1" and config["stage"] == "ppo" and pol.num_actions == 3
     obs = _obs(200, seed=3)
     want, clear = _greedy(net, params, obs)
     key = jax.random.key(0)
@@ -291,7 +294,7 @@ def test_load_policy_float64_observations(tmp_path, torch):
     want, clear = _greedy(net, params, obs)
     with jax.enable_x64(True):
         for backend in ("torch", "jax"):
-            act = X.load_policy(path, backend=backend).act
+            act = policies.load_policy(path, backend=backend).act
             got = jax.jit(jax.vmap(act, in_axes=(None, 0)))(jax.random.key(0), jnp.asarray(obs, jnp.float64))
             np.testing.assert_array_equal(np.asarray(got)[clear], want[clear])
 
@@ -324,21 +327,22 @@ def test_load_policy_orbax_directory(tmp_path, monkeypatch, which):
                "observation": {"obs_names": list(OBS_NAMES), "obs_dim": D}})
     ckpt.close()
     monkeypatch.setitem(sys.modules, "torch", None)  # an Orbax directory needs no PyTorch
-    act, name, meta = X.load_policy(stage_dir, obs_names=OBS_NAMES)
+    pol = policies.load_policy(stage_dir, obs_names=OBS_NAMES)
+    act, name, meta = pol.act, pol.name, pol.config
     assert name == f"NIFTY_{which}" and meta["iteration"] == 3
     obs = _obs(64, seed=6)
     want, clear = _greedy(net, params, obs)
     got = jax.jit(jax.vmap(act, in_axes=(None, 0)))(jax.random.key(0), jnp.asarray(obs))
     np.testing.assert_array_equal(np.asarray(got)[clear], want[clear])
     with pytest.raises(InputError, match="expects"):
-        X.load_policy(stage_dir, obs_names=OBS_NAMES[:-1])
+        policies.load_policy(stage_dir, obs_names=OBS_NAMES[:-1])
 
     bare = tmp_path / "run" / "NIFTY" / "bare"
     ckpt = StageCheckpointer(bare)
     ckpt.save(1, {"params": params}, {"iteration": 1})
     ckpt.close()
     with pytest.raises(InputError, match="no 'network' entry"):
-        X.load_policy(bare)
+        policies.load_policy(bare)
 
 
 # ------------------------------------------------------------------------------------- errors
@@ -347,13 +351,13 @@ def test_errors(tmp_path, torch):
     with pytest.raises(InputError, match="not found"):
         X.load_pth(tmp_path / "missing.pth")
     with pytest.raises(InputError, match="not found"):
-        X.load_policy(tmp_path / "missing.pth")
+        policies.load_policy(tmp_path / "missing.pth")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"this is not a torch file")
     with pytest.raises(InputError, match="not a jaxtrade .pth"):
         X.load_pth(junk)
     with pytest.raises(InputError, match="not a jaxtrade .pth"):
-        X.load_policy(junk)
+        policies.load_policy(junk)
     other = tmp_path / "other.pth"
     torch.save({"model": torch.zeros(3)}, other)
     with pytest.raises(InputError, match="not a jaxtrade .pth"):
@@ -369,9 +373,9 @@ def test_errors(tmp_path, torch):
     txt = tmp_path / "model.txt"
     txt.write_text("x")
     with pytest.raises(InputError, match="neither a .pth"):
-        X.load_policy(txt)
+        policies.load_policy(txt)
     with pytest.raises(ValueError, match="backend"):
-        X.load_policy(junk, backend="onnx")
+        policies.load_policy(junk, backend="onnx")
 
     net = N.make_network(3)
     path = _export(tmp_path, net, _params(net))
@@ -387,7 +391,7 @@ def test_errors(tmp_path, torch):
     with pytest.raises(InputError, match="do not match"):
         X.params_from_pth(tmp_path / "bad_shape.pth")
     with pytest.raises(InputError, match="expects"):
-        X.load_policy(path, obs_names=OBS_NAMES[:-1])
+        policies.load_policy(path, obs_names=OBS_NAMES[:-1])
     assert zipfile.is_zipfile(path)
 
 
@@ -396,7 +400,7 @@ def test_torch_missing_gives_install_hint(tmp_path, monkeypatch):
     net = N.make_network(3)
     f = tmp_path / "m.pth"
     f.write_bytes(b"x")
-    for call in (lambda: X.load_pth(f), lambda: X.torch_policy(f), lambda: X.load_policy(f),
+    for call in (lambda: X.load_pth(f), lambda: X.torch_policy(f), lambda: policies.load_policy(f),
                  lambda: X.export_pth(tmp_path / "n.pth", _params(net), net, symbol="A", stage="ppo",
                                       obs_names=OBS_NAMES)):
         with pytest.raises(InputError, match=r"pip install torch==2\.13\.0"):

@@ -10,9 +10,10 @@ import numpy as np
 import optax
 import pytest
 
-from jaxtrade import data, env
-from jaxtrade.agents import maml
+from jaxtrade import data, env, gates
+from jaxtrade.agents import base, maml, meta
 from jaxtrade.agents.ppo import PPOConfig
+from jaxtrade.evaluation import adaptation
 from jaxtrade.networks import make_network
 from tests.market_fixtures import random_walk_market, session_timestamps, write_processed
 
@@ -37,10 +38,10 @@ def test_second_order_meta_gradient_matches_finite_differences():
     with jax.enable_x64(True):
         params, tasks, inner, outer = _tiny_problem()
         lr, steps = 0.3, 3
-        _, g2, _ = maml.maml_step(params, tasks, inner, outer, lr, steps, first_order=False)
-        _, g1, _ = maml.maml_step(params, tasks, inner, outer, lr, steps, first_order=True)
-        _, g2_noremat, _ = maml.maml_step(params, tasks, inner, outer, lr, steps, remat=False)
-        loss = jax.jit(lambda p: maml.maml_loss(p, tasks, inner, outer, lr, steps)[0])
+        _, g2, _ = meta.maml_step(params, tasks, inner, outer, lr, steps, first_order=False)
+        _, g1, _ = meta.maml_step(params, tasks, inner, outer, lr, steps, first_order=True)
+        _, g2_noremat, _ = meta.maml_step(params, tasks, inner, outer, lr, steps, remat=False)
+        loss = jax.jit(lambda p: meta.maml_loss(p, tasks, inner, outer, lr, steps)[0])
         flat, unravel = jax.flatten_util.ravel_pytree(params)
         eps = 1e-6
         fd = np.array([(loss(unravel(flat.at[i].add(eps))) - loss(unravel(flat.at[i].add(-eps)))) / (2 * eps)
@@ -57,14 +58,14 @@ def test_second_order_meta_gradient_matches_finite_differences():
 def test_adapt_is_sgd_and_first_order_has_identity_jacobian():
     params, tasks, inner, _ = _tiny_problem()
     task = jax.tree.map(lambda x: x[0], tasks)
-    adapted, losses = maml.adapt(params, task, inner, 0.1, 2)
+    adapted, losses = meta.adapt(params, task, inner, 0.1, 2)
     p = params
     for k in range(2):
         assert np.isclose(losses[k], inner(p, task), rtol=1e-5)
         p = jax.tree.map(lambda a, g: a - 0.1 * g, p, jax.grad(inner)(p, task))
     np.testing.assert_allclose(adapted["w"], p["w"], rtol=1e-5, atol=1e-6)
     # d(sum of adapted v)/dv is the identity (all ones) under first order.
-    g = jax.grad(lambda q: maml.adapt(q, task, inner, 0.1, 2, first_order=True)[0]["v"].sum())(params)
+    g = jax.grad(lambda q: meta.adapt(q, task, inner, 0.1, 2, first_order=True)[0]["v"].sum())(params)
     np.testing.assert_allclose(g["v"], np.ones(4), rtol=1e-6)
     np.testing.assert_allclose(g["w"], 0.0, atol=1e-7)
 
@@ -109,7 +110,7 @@ def test_sinusoid_maml_beats_jointly_trained_baseline():
             p, s = carry
             t = _sinusoid_tasks(k, batch)
             if meta:
-                _, g, _ = maml.maml_step(p, t, inner, outer, lr, steps)
+                _, g, _ = meta.maml_step(p, t, inner, outer, lr, steps)
             else:  # joint training on every point of every task
                 g = jax.grad(lambda q: jax.vmap(lambda tk: inner(q, tk) + outer(q, tk))(t).mean())(p)
             u, s = tx.update(g, s, p)
@@ -121,7 +122,7 @@ def test_sinusoid_maml_beats_jointly_trained_baseline():
     held_out = _sinusoid_tasks(jax.random.key(99), 200)
 
     def post_adaptation_error(p):
-        return float(jax.vmap(lambda t: outer(maml.adapt(p, t, inner, lr, steps)[0], t))(held_out).mean())
+        return float(jax.vmap(lambda t: outer(meta.adapt(p, t, inner, lr, steps)[0], t))(held_out).mean())
 
     meta_err = post_adaptation_error(train(True))
     base_err = post_adaptation_error(train(False))
@@ -154,9 +155,9 @@ def test_adaptation_improves_held_out_drift_tasks(tmp_path):
     params = net.init(jax.random.key(0), jnp.zeros(params_env.obs_dim))
     # Held-out windows in the last blocks (sessions 40-49 trend up, 50-59 down); support then query inside one
     # block, so the support data reveals the query's drift.
-    tasks = [maml.HeldOutTask(f"w{s}", params_env, (s, s + 4), (s + 4, s + 8)) for s in (40, 42, 50, 52)]
+    tasks = [adaptation.HeldOutTask(f"w{s}", params_env, (s, s + 4), (s + 4, s + 8)) for s in (40, 42, 50, 52)]
     assert {sign[s] for s in (40, 50)} == {1.0, -1.0}
-    r = maml.evaluate_adaptation(net, params, tasks, cfg, jax.random.key(1), PPOConfig())
+    r = adaptation.evaluate_adaptation(net, params, tasks, cfg, jax.random.key(1), PPOConfig())
     lo, hi = r["improvement_ci95"]
     assert lo > 0, r["improvement_ci95"]
     # Meaningful: the gain is a sizeable share of what knowing the drift is worth (|drift| x bars x price / capital
@@ -175,12 +176,10 @@ def _small_trainer(directory, **kw):
     market = data.load_market(directory, "RW_5")
     env_params = env.make_params(market, "train")
     cfg = maml.MAMLConfig(support_num_envs=4, support_num_steps=16, query_num_envs=4, query_num_steps=16,
-                          window_sessions=6, inner_loop_steps=2, log_every=1, **kw)
-    calls = []
+                          window_sessions=6, inner_loop_steps=2, **kw)
     trainer = maml.make_trainer(cfg, PPOConfig(), env_params,
-                                moe_config=MoEConfig(num_experts=2, expert_hidden_dim=16, gating_hidden_dim=8),
-                                callback=calls.append)
-    return trainer, calls, market
+                                moe_config=MoEConfig(num_experts=2, expert_hidden_dim=16, gating_hidden_dim=8))
+    return trainer, market
 
 
 @pytest.mark.slow
@@ -188,19 +187,22 @@ def test_trainer_smoke_chunked_equals_unchunked_and_checkpoint(tmp_path):
     from jaxtrade.checkpoints import StageCheckpointer, restore_params
     from jaxtrade.networks import MoEActorCritic
 
-    trainer, calls, _ = _small_trainer(tmp_path / "data")
+    trainer, _ = _small_trainer(tmp_path / "data")
     assert isinstance(trainer.network, MoEActorCritic)
     assert trainer.env_steps_per_iteration == 2 * (4 * 16 + 2 * 4 * 16)
     state = trainer.init(jax.random.key(0))
-    s2, metrics = trainer.run(state, 2)
+    calls = []
+    s2, metrics = base.Runner(callback=calls.append, log_every=1)(trainer, state, 2)
+    jax.effects_barrier()
     assert metrics["iteration"].tolist() == [1, 2]
     assert metrics["env_steps"].tolist() == [trainer.env_steps_per_iteration * k for k in (1, 2)]
     for k in ("meta_loss", "query_return_pre", "query_return_post", "grad_norm", "inner_loss_first"):
         assert np.all(np.isfinite(np.asarray(metrics[k]))), k
     assert len(calls) == 2 and {"iteration", "env_steps", "query_return_pre", "query_return_post",
                                 "meta_loss"} <= set(calls[0])
-    a, _ = trainer.run(state, 1)
-    a, _ = trainer.run(a, 1)
+    runner = base.Runner()
+    a, _ = runner(trainer, state, 1)
+    a, _ = runner(trainer, a, 1)
     chex_equal = jax.tree.map(lambda x, y: bool(jnp.all(x == y)), trainer.params_of(a), trainer.params_of(s2))
     assert all(jax.tree.leaves(chex_equal))
     moved = jax.tree.map(lambda x, y: float(jnp.max(jnp.abs(x - y))), trainer.params_of(s2), state.params)
@@ -220,19 +222,24 @@ def test_trainer_smoke_chunked_equals_unchunked_and_checkpoint(tmp_path):
 def test_config_defaults_and_gate_logic():
     c = maml.MAMLConfig()
     assert (c.meta_learning_rate, c.inner_loop_steps, c.evaluation_steps, c.meta_batch_size, c.num_iterations,
-            c.first_order, c.remat, c.log_every) == (5e-4, 7, 5, 2, 150, False, True, 10)
+            c.first_order, c.remat) == (5e-4, 7, 5, 2, 150, False, True)
     assert c.replace(first_order=True).first_order
-    g = maml.MAMLGateConfig()
+    g = gates.MAMLGateConfig()
     assert (g.min_adaptation_speed, g.min_cross_symbol_performance) == (3.0, 0.85)
-    assert maml.adaptation_speed([0.0, 0.5, 0.95, 1.0]) == 2
-    assert maml.adaptation_speed([0.0, -1.0]) is None
-    ci = maml.bootstrap_mean_ci(np.r_[np.ones(50), 2 * np.ones(50)], seed=0)
+    assert adaptation.adaptation_speed([0.0, 0.5, 0.95, 1.0]) == 2
+    assert adaptation.adaptation_speed([0.0, -1.0]) is None
+    ci = adaptation.bootstrap_mean_ci(np.r_[np.ones(50), 2 * np.ones(50)], seed=0)
     assert 1.3 < ci[0] < 1.5 < ci[1] < 1.7
     good = {"improvement": 1.0, "improvement_ci95": [0.5, 1.5], "adaptation_speed": 2,
             "post": {"win_rate": 0.5}}
     ev = {"own": good, "cross": None, "own_symbol": "A", "cross_symbol": None}
-    assert maml.check_maml_gate(ev, g) == []
+    assert gates.check_maml_gate(ev, g) == []
     ev_bad = dict(ev, own=dict(good, improvement_ci95=[-0.1, 1.0], adaptation_speed=5),
                   cross={"post": {"win_rate": 0.3}}, cross_symbol="B")
-    reasons = maml.check_maml_gate(ev_bad, g)
+    reasons = gates.check_maml_gate(ev_bad, g)
     assert len(reasons) == 3 and "CI" in reasons[0] and "speed" in reasons[1] and "cross-symbol" in reasons[2]
+    # --maml_gate.min_iterations is read (as the other stages' min_iterations), and so are the optional
+    # validation-backtest criteria
+    assert gates.check_maml_gate(ev, g.replace(min_iterations=5), 4) == ["iterations 4 < 5"]
+    assert gates.check_maml_gate(ev, g.replace(min_iterations=5), 5) == []
+    assert gates.check_maml_gate(ev, g.replace(min_win_rate=0.5), 5, {"win_rate": 0.4}) == ["win_rate 0.400 < 0.5"]

@@ -50,7 +50,7 @@ def test_a_model_is_judged_everywhere_under_its_training_rules(tmp_path):
         "ppo.num_iterations": 4, "ppo.num_envs": 8, "ppo.num_steps": 16, "ppo.minibatch_size": 64,
         "ppo.update_epochs": 1, "ppo.learning_rate": 3e-3, "ppo_gate.min_iterations": 0,
         "progression.on_fail": "continue", **RULES})
-    from jaxtrade.sequence import run_sequence
+    from jaxtrade.pipeline import run_sequence
 
     run_sequence(cfg, out=open(os.devnull, "w"))
     rules = cfg.env

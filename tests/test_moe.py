@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from jaxtrade import data, env
-from jaxtrade.agents import moe, ppo
+from jaxtrade.agents import base, moe, ppo
+from jaxtrade.evaluation import regimes
 from jaxtrade.networks import ActorCritic, MoEActorCritic, make_moe_network, make_network
 from tests.market_fixtures import random_walk_market, session_timestamps, write_processed
 
@@ -148,34 +149,37 @@ def test_config_defaults():
     c = moe.MoEConfig()
     assert (c.num_experts, c.expert_hidden_dim, c.gating_hidden_dim, c.gating_temperature) == (4, 128, 64, 0.8)
     assert c.diversity_loss_weight == 0.02 and c.num_iterations == 800
-    assert (c.min_win_rate, c.min_profit_factor) == (0.40, 1.0)
+    from jaxtrade import config as C
+    gate = C.default_config().moe_gate  # the stage-2 gate lives in --moe_gate.* (not in the stage's own config)
+    assert (gate.min_win_rate, gate.min_profit_factor, gate.max_drawdown) == (0.40, 1.0, 0.35)
+    assert not {"min_win_rate", "min_profit_factor", "max_drawdown"} & set(c.__dataclass_fields__)
     with pytest.raises(ValueError):
         moe.MoEConfig(gating_temperature=0.0)
 
 
 def _small_ppo_config(**kw):
-    base = dict(num_envs=16, num_steps=32, minibatch_size=128, update_epochs=2, log_every=0)
-    base.update(kw)
-    return ppo.PPOConfig(**base)
+    settings = dict(num_envs=16, num_steps=32, minibatch_size=128, update_epochs=2)
+    settings.update(kw)
+    return ppo.PPOConfig(**settings)
 
 
 def test_trainer_from_ppo_runs_and_logs(tmp_path):
     random_walk_market(tmp_path, num_sessions=12, bars_per_session=30)
     market = data.load_market(tmp_path, "NIFTY_5")
     ep = env.make_params(market, "train")
-    pcfg = _small_ppo_config(log_every=1)
-    stage1 = ppo.make_trainer(pcfg, ep, callback=None)
+    pcfg = _small_ppo_config()
+    stage1 = ppo.make_trainer(pcfg, ep)
     rs1 = stage1.init(jax.random.key(0))
     logged = []
     mcfg = moe.MoEConfig(num_experts=2, expert_hidden_dim=64, num_iterations=2, init_noise=0.0)
-    trainer = moe.make_trainer(mcfg, pcfg, ep, init_from=rs1.train_state.params, callback=logged.append)
+    trainer = moe.make_trainer(mcfg, pcfg, ep, init_from=rs1.params)
     assert trainer.config.num_iterations == 2
     rs = trainer.init(jax.random.key(1))
     obs = rs1.rollout.obs
-    np.testing.assert_allclose(jax.nn.softmax(trainer.apply_fn(rs.train_state.params, obs)[0]),
-                               jax.nn.softmax(stage1.apply_fn(rs1.train_state.params, obs)[0]), atol=1e-5)
-    rs, metrics = trainer.run(rs)
-    jax.block_until_ready(metrics)
+    np.testing.assert_allclose(jax.nn.softmax(trainer.apply(rs.params, obs)[0]),
+                               jax.nn.softmax(stage1.apply(rs1.params, obs)[0]), atol=1e-5)
+    rs, metrics = base.Runner(callback=logged.append, log_every=1)(trainer, rs, trainer.config.num_iterations)
+    jax.effects_barrier()
     for name in ("diversity", "load_balance", "gate_entropy", "usage_0", "usage_1", "trades_per_episode",
                  "policy_loss", "win_rate"):
         assert metrics[name].shape == (2,), name
@@ -184,7 +188,7 @@ def test_trainer_from_ppo_runs_and_logs(tmp_path):
     assert int(rs.iteration) == 2
     assert len(logged) == 2 and "usage_1" in logged[0] and "trades_per_episode" in logged[0]
 
-    table = moe.expert_regime_table(trainer.network, rs.train_state.params, market, "val")
+    table = regimes.expert_regime_table(trainer.network, rs.params, market, "val")
     json.dumps(table)
     lo, hi = market.split_bars("val")
     assert table["num_bars"] == hi - lo - 1
@@ -194,7 +198,7 @@ def test_trainer_from_ppo_runs_and_logs(tmp_path):
             assert cell["leader"] == int(np.argmax(cell["mean_gate"]))
             assert sum(cell["mean_gate"]) == pytest.approx(1.0, rel=1e-4)
     pytest.importorskip("matplotlib")
-    out = moe.plot_expert_regimes(table, tmp_path / "regimes.png")
+    out = regimes.plot_expert_regimes(table, tmp_path / "regimes.png")
     assert out and (tmp_path / "regimes.png").stat().st_size > 0
 
 
@@ -230,7 +234,7 @@ def test_training_routes_regimes_to_different_experts(tmp_path):
                              learning_rate=1e-3)
     mcfg = moe.MoEConfig(num_experts=2, expert_hidden_dim=32, gating_hidden_dim=16, num_iterations=40,
                          diversity_loss_weight=0.05)
-    trainer = moe.make_trainer(mcfg, pcfg, ep, callback=None)
+    trainer = moe.make_trainer(mcfg, pcfg, ep)
     rs = trainer.init(jax.random.key(0))
     net = trainer.network
 
@@ -249,12 +253,12 @@ def test_training_routes_regimes_to_different_experts(tmp_path):
         g = np.asarray(net.apply(params, obs, method="details")["gate_probs"])
         return g[trend].mean(0), g[~trend].mean(0)
 
-    g_trend0, g_calm0 = regime_gates(rs.train_state.params)
-    rs, metrics = trainer.run(rs)
-    g_trend, g_calm = regime_gates(rs.train_state.params)
+    g_trend0, g_calm0 = regime_gates(rs.params)
+    rs, metrics = base.Runner()(trainer, rs, mcfg.num_iterations)
+    g_trend, g_calm = regime_gates(rs.params)
     tv0 = 0.5 * np.abs(g_trend0 - g_calm0).sum()
     tv = 0.5 * np.abs(g_trend - g_calm).sum()
-    d = net.apply(rs.train_state.params, obs, method="details")
+    d = net.apply(rs.params, obs, method="details")
     assert float(moe.expert_diversity(d["expert_logits"])) > 1e-3  # experts not identical
     assert np.argmax(g_trend) != np.argmax(g_calm), (g_trend, g_calm)
     assert tv > 0.2 and tv > 5 * tv0, (tv, tv0)

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 
 from jaxtrade import env as trading_env
-from jaxtrade.agents import ppo
+from jaxtrade.agents import base, ppo
 from jaxtrade.agents import rollout as R
 from jaxtrade.data import load_market
 from jaxtrade.networks import ActorCritic
 from tests.market_fixtures import random_walk_market
 
 TINY = ppo.PPOConfig(num_envs=8, num_steps=16, minibatch_size=32, update_epochs=2, num_iterations=4,
-                     learning_rate=1e-3, log_every=0)
+                     learning_rate=1e-3)
 
 
 @pytest.fixture(scope="module")
@@ -151,26 +151,26 @@ def test_config_validation():
 
 @pytest.fixture(scope="module")
 def trainer(env_params):
-    return ppo.make_trainer(TINY, env_params, callback=None)
+    return ppo.make_trainer(TINY, env_params)
 
 
 @pytest.fixture(scope="module")
-def train_jit(trainer):
-    return jax.jit(trainer.train)
+def train_jit():
+    # the trainer (env params and hyperparameters as leaves) is an argument, not a closed-over constant
+    return jax.jit(lambda t, k: t.train(k))
 
 
-def test_train_runs_vmap_over_seeds_and_is_deterministic(env_params, train_jit):
-    s0, m0 = train_jit(jax.random.key(0), env_params)
-    s0b, m0b = train_jit(jax.random.key(0), env_params)
+def test_train_runs_vmap_over_seeds_and_is_deterministic(trainer, train_jit):
+    s0, m0 = train_jit(trainer, jax.random.key(0))
+    s0b, m0b = train_jit(trainer, jax.random.key(0))
     _tree_equal(s0.params, s0b.params)  # same seed, same params
     _tree_equal(m0, m0b)
-    s1, _ = train_jit(jax.random.key(1), env_params)
+    s1, _ = train_jit(trainer, jax.random.key(1))
     assert not np.allclose(np.asarray(s0.params["params"]["actor_0"]["kernel"]),
                            np.asarray(s1.params["params"]["actor_0"]["kernel"]))
     # vmap over 2 seeds = two single runs (batched matmuls may round differently: allclose)
-    train = ppo.make_train(TINY, env_params, callback=None)
-    sv, mv = jax.jit(jax.vmap(train, in_axes=(0, None)))(jnp.stack([jax.random.key(0), jax.random.key(1)]),
-                                                         env_params)
+    sv, mv = jax.jit(jax.vmap(lambda t, k: t.train(k), in_axes=(None, 0)))(
+        trainer, jnp.stack([jax.random.key(0), jax.random.key(1)]))
     for i, single in enumerate((s0, s1)):
         for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(sv.params)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b)[i], rtol=2e-4, atol=2e-6)
@@ -179,35 +179,39 @@ def test_train_runs_vmap_over_seeds_and_is_deterministic(env_params, train_jit):
     assert m0["env_steps"].tolist() == [128, 256, 384, 512]
 
 
-def test_chunked_run_equals_whole_run(env_params, trainer, train_jit):
-    # env_params as an argument (not a closed-over constant, which XLA may fold differently)
-    whole_state, whole_metrics = train_jit(jax.random.key(7), env_params)
-    rs = trainer.init(jax.random.key(7))
-    rs, m1 = trainer.run(rs, 2)
-    rs, m2 = trainer.run(rs, 2)  # same chunk length: no recompilation
-    _tree_equal(rs.train_state.params, whole_state.params)
-    _tree_equal(rs.train_state.opt_state, whole_state.opt_state)
+def test_chunked_run_equals_whole_run(trainer, train_jit):
+    whole_state, whole_metrics = train_jit(trainer, jax.random.key(7))
+    init = jax.jit(lambda t, k: t.init(k))(trainer, jax.random.key(7))
+    runner = base.Runner()
+    rs, m1 = runner(trainer, init, 2)
+    rs, m2 = runner(trainer, rs, 2)  # same chunk length: no recompilation
+    _tree_equal(rs.params, whole_state.params)
+    _tree_equal(rs.opt_state, whole_state.opt_state)
     for k in whole_metrics:
         np.testing.assert_array_equal(np.concatenate([m1[k], m2[k]]), np.asarray(whole_metrics[k]), err_msg=k)
     assert int(rs.iteration) == 4
-    assert trainer._run_jit._cache_size() == 1
+    assert runner.cache_size() == 1
+    # the runner's own chunking (checkpoints between chunks) gives the same run
+    saved = []
+    chunked, m = runner(trainer, init, 4, chunk=2, on_chunk=lambda s, n: saved.append(n))
+    _tree_equal(chunked.params, whole_state.params)
+    assert saved == [2] and m["iteration"].tolist() == [1, 2, 3, 4]
 
 
 def test_init_from_given_params(trainer):
     params = trainer.init_params(jax.random.key(3))
     params = jax.tree.map(lambda x: x + 0.5, params)
     rs = trainer.init(jax.random.key(0), params)
-    _tree_equal(rs.train_state.params, params)
-    rs, m = trainer.run(rs, 2)
+    _tree_equal(rs.params, params)
+    rs, m = base.Runner()(trainer, rs, 2)
     assert np.isfinite(np.asarray(m["total_loss"])).all()
 
 
 def test_training_on_tiny_market_is_finite_and_logs(env_params):
     calls = []
-    cfg = TINY.replace(num_iterations=12, log_every=5)
-    trainer = ppo.make_trainer(cfg, env_params, callback=calls.append)
+    trainer = ppo.make_trainer(TINY.replace(num_iterations=12), env_params)
     rs = trainer.init(jax.random.key(0))
-    rs, m = trainer.run(rs, 12)
+    rs, m = base.Runner(callback=calls.append, log_every=5)(trainer, rs, 12)
     jax.effects_barrier()
     # every 5 iterations plus the chunk's last
     assert [int(c["iteration"]) for c in calls] == [5, 10, 12]
@@ -223,9 +227,8 @@ def test_training_on_tiny_market_is_finite_and_logs(env_params):
     wr = np.asarray(m["win_rate"])[traded]
     assert ((wr >= 0) & (wr <= 1)).all()
     # greedy evaluation of the trained policy over parallel episodes
-    ts = rs.train_state
-    per_ep, summary = jax.jit(lambda p, k: R.evaluate(ts.apply_fn, p, trading_env.reset, trading_env.step,
-                                                      env_params, k, 16))(ts.params, jax.random.key(5))
+    per_ep, summary = jax.jit(lambda p, k: R.evaluate(trainer.apply, p, trading_env.reset, trading_env.step,
+                                                      env_params, k, 16))(rs.params, jax.random.key(5))
     assert bool(per_ep["finished"].all())
     assert int(summary["episodes"]) == 16
     np.testing.assert_allclose(float(summary["mean_episode_return"]),
@@ -281,12 +284,11 @@ def test_cartpole_reaches_475():
     # purejaxrl's CartPole-v1 hyperparameters (5e5 env steps)
     cfg = ppo.PPOConfig(learning_rate=2.5e-4, num_envs=4, num_steps=128, num_iterations=976, update_epochs=4,
                         minibatch_size=128, gamma=0.99, gae_lambda=0.95, clip_epsilon=0.2, ent_coef=0.01,
-                        vf_coef=0.5, max_grad_norm=0.5, anneal_lr=True, log_every=100)
+                        vf_coef=0.5, max_grad_norm=0.5, anneal_lr=True)
     net = ActorCritic(num_actions, cfg.hidden_sizes, cfg.activation)
     t0 = time.perf_counter()
-    train = jax.jit(ppo.make_train(cfg, gparams, net, env_reset=genv.reset, env_step=genv.step,
-                                   per_env_keys=True, callback=None))
-    state, metrics = jax.block_until_ready(train(jax.random.key(42)))
+    trainer = ppo.make_trainer(cfg, gparams, net, env_reset=genv.reset, env_step=genv.step, per_env_keys=True)
+    state, metrics = jax.block_until_ready(jax.jit(lambda t, k: t.train(k))(trainer, jax.random.key(42)))
     elapsed = time.perf_counter() - t0
     per_ep, summary = jax.jit(lambda p, k: R.evaluate(net.apply, p, genv.reset, genv.step, gparams, k, 64,
                                                       max_steps=600, per_env_keys=True))(
@@ -302,5 +304,5 @@ def test_env_steps_do_not_wrap_past_int32():
     it = jnp.int32(20_000)
     assert float(R.env_steps(it, 131_072)) == pytest.approx(2_621_440_000, rel=1e-6)
     got = {}
-    R.host_call(got.update)({"iteration": it, "batch_size": jnp.int32(131_072), "env_steps": R.env_steps(it, 131_072)})
+    base.host_call(got.update)({"iteration": it, "batch_size": jnp.int32(131_072), "env_steps": R.env_steps(it, 131_072)})
     assert got["env_steps"] == 2_621_440_000 and got["env_steps"].dtype == np.int64

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from jaxtrade import config as C
-from jaxtrade import sequence as S
+from jaxtrade import gates as G
+from jaxtrade import pipeline as S
+from jaxtrade.pipeline import final
 from jaxtrade.errors import GateFailure, InputError
 from tests.market_fixtures import random_walk_market
 
@@ -91,17 +93,17 @@ def test_flags_override_yaml_and_nifty_flags_equal_defaults(tmp_path):
 def test_check_gate_cases():
     gate = C.GateConfig(min_win_rate=0.4, min_profit_factor=1.0, max_drawdown=0.3, min_iterations=10)
     ok = {"win_rate": 0.45, "profit_factor": 1.2, "max_drawdown": 0.1, "num_trades": 20}
-    assert S.check_gate(ok, gate, 10) == (True, [])
-    passed, reasons = S.check_gate({**ok, "win_rate": 0.3, "max_drawdown": 0.5}, gate, 5)
+    assert G.check_gate(ok, gate, 10) == (True, [])
+    passed, reasons = G.check_gate({**ok, "win_rate": 0.3, "max_drawdown": 0.5}, gate, 5)
     assert not passed and len(reasons) == 3
-    assert S.check_gate({**ok, "profit_factor": None}, gate, 10)[0]  # winners only: unbounded
-    assert not S.check_gate({**ok, "num_trades": 0, "win_rate": None, "profit_factor": None}, gate, 10)[0]
+    assert G.check_gate({**ok, "profit_factor": None}, gate, 10)[0]  # winners only: unbounded
+    assert not G.check_gate({**ok, "num_trades": 0, "win_rate": None, "profit_factor": None}, gate, 10)[0]
 
 
 def test_select_final():
     recs = {"ppo": {"validation": {"sharpe": 0.5}}, "moe": {"validation": {"sharpe": 1.5}},
             "maml": {"validation": {"sharpe": None}}}
-    best, why = S.select_final(recs, "sharpe")
+    best, why = final.select_final(recs, "sharpe")
     assert best == "moe" and "moe 1.500" in why and why.index("moe") < why.index("ppo")
 
 
@@ -120,26 +122,27 @@ def test_resume_equals_uninterrupted(market_dir, monkeypatch):
 
     # Interrupt the second run after its first chunk (2 iterations, checkpointed).
     cfg_b = tiny_config(tmp, checkpoint_dir=str(tmp / "b"), generate_reports=False)
-    real_builder = S.STAGE_BUILDERS["ppo"]
+    from jaxtrade.agents.base import Runner
+    from jaxtrade.pipeline import train_stage
     calls = {"n": 0}
 
-    def interrupting_builder(*args, **kwargs):
-        runner = real_builder(*args, **kwargs)
-        real_run = runner.trainer.run
+    class Interrupting(Runner):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            real_run = self._run
 
-        def run(rs, n):
-            calls["n"] += 1
-            if calls["n"] == 2:
-                raise KeyboardInterrupt
-            return real_run(rs, n)
+            def run(*a, **k):
+                calls["n"] += 1
+                if calls["n"] == 2:
+                    raise KeyboardInterrupt
+                return real_run(*a, **k)
 
-        runner.trainer.run = run
-        return runner
+            self._run = run
 
-    monkeypatch.setitem(S.STAGE_BUILDERS, "ppo", interrupting_builder)
+    monkeypatch.setattr(train_stage, "Runner", Interrupting)
     with pytest.raises(KeyboardInterrupt):
         S.run_sequence(cfg_b, out=open("/dev/null", "w"))
-    monkeypatch.setitem(S.STAGE_BUILDERS, "ppo", real_builder)
+    monkeypatch.setattr(train_stage, "Runner", Runner)
     from jaxtrade.checkpoints import StageCheckpointer
     assert StageCheckpointer(tmp / "b" / "t" / "NIFTY_5" / "ppo").latest_step() == 2
     S.run_sequence(cfg_b, out=open("/dev/null", "w"))
@@ -312,8 +315,8 @@ def test_final_model_competes_across_earlier_commands(market_dir, monkeypatch):
     cfg = tiny_config(tmp, stages=("ppo", "moe"), generate_reports=False,
                       **{"moe.num_iterations": 2, "moe.expert_hidden_dim": 64, "moe_gate.min_iterations": 0})
     # Make the MoE stage the best on validation whatever the tiny runs learn.
-    real_select = S.select_final
-    monkeypatch.setattr(S, "select_final", lambda records, metric: (
+    real_select = final.select_final
+    monkeypatch.setattr(final, "select_final", lambda records, metric: (
         ("moe", "forced") if "moe" in records else real_select(records, metric)))
     S.run_sequence(cfg, out=open("/dev/null", "w"))
     summary_path = tmp / "ck" / "t" / "NIFTY_5" / "summary.json"

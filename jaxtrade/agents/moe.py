@@ -1,14 +1,15 @@
-"""Stage 2: Mixture-of-Experts specialisation (DESIGN section 4), built on the PPO trainer.
+"""Stage 2: Mixture-of-Experts specialisation (DESIGN section 4): PPO with another network and a loss hook.
 
-    trainer = make_trainer(MoEConfig(), PPOConfig(), env_params, init_from=ppo_params)
-    rs = trainer.init(key)                    # experts copied from the stage-1 policy, symmetry broken
-    rs, metrics = trainer.run(rs, n)          # metrics: PPO's + diversity, load_balance, gate_entropy,
-                                              #          usage_0..usage_{E-1}, trades_per_episode
-    table = expert_regime_table(trainer.network, rs.train_state.params, market, "val")
+    trainer = make_trainer(MoEConfig(), PPOConfig(), env_params, init_from=ppo_params)   # an `agents.ppo.PPO`
+    state = trainer.init(key)                 # experts copied from the stage-1 policy, symmetry broken
+    state, metrics = trainer.run(state, n)    # metrics: PPO's + diversity, load_balance, gate_entropy,
+                                              #          usage_0..usage_{E-1}
 
 The network is `jaxtrade.networks.MoEActorCritic` (experts stacked on a leading axis, one `nn.vmap`). The
-rollout, GAE, minibatch update and optimiser are `PPOTrainer`'s, unchanged; only the loss and the extra
-metrics are this module's.
+rollout, GAE, minibatch update and optimiser are the PPO trainer's, unchanged; this module gives it the
+network, the loss hook (`moe_loss`), the start from stage 1 (`init_from_ppo`) and its hyperparameter leaves
+(`MoEHParams`: the diversity and load-balance weights and the gate's temperature). Which expert leads in which
+market regime is `jaxtrade.evaluation.regimes`.
 
 Loss = `ppo_loss_from_outputs` (the shared PPO objective, on the mixture's logits and value)
        - diversity_loss_weight * diversity + load_balance_weight * load_balance, where
@@ -23,18 +24,16 @@ Loss = `ppo_loss_from_outputs` (the shared PPO objective, on the mixture's logit
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
+from flax import struct
 
 from jaxtrade.agents import ppo as P
-from jaxtrade.agents import rollout as R
-from jaxtrade.agents.ppo import PPOBatch, PPOConfig, PPOTrainer, RunnerState
+from jaxtrade.agents.ppo import PPOBatch, PPOConfig
 from jaxtrade.networks import MoEActorCritic, make_moe_network
 
 
@@ -59,10 +58,6 @@ class MoEConfig:
     load_balance_weight: float = 0.01
     init_noise: float = 0.05
     num_iterations: int = 800  # the seed's stage_2_moe.episodes
-    # Gate criteria on the validation split (applied by the sequence runner).
-    min_win_rate: float = 0.40
-    min_profit_factor: float = 1.0
-    max_drawdown: float = 0.35
 
     def __post_init__(self):
         if self.num_experts < 1 or self.expert_hidden_dim < 1 or self.gating_hidden_dim < 1:
@@ -77,9 +72,25 @@ class MoEConfig:
     def replace(self, **changes) -> "MoEConfig":
         return dataclasses.replace(self, **changes)
 
+    def hparams(self) -> "MoEHParams":
+        """The shape-free hyperparameters as float32 leaves (what the loss hook reads and `vmap` sweeps)."""
+        return MoEHParams(**{f.name: jnp.float32(getattr(self, f.name)) for f in dataclasses.fields(MoEHParams)})
+
     def make_network(self, num_actions: int) -> MoEActorCritic:
         return make_moe_network(num_actions, self.num_experts, self.expert_hidden_dim, self.gating_hidden_dim,
                                 self.gating_temperature, self.activation, self.expert_num_layers)
+
+
+@struct.dataclass
+class MoEHParams:
+    """The MoE stage's own hyperparameter leaves (beside PPO's): loss weights and the gate's temperature."""
+
+    diversity_loss_weight: jax.Array
+    load_balance_weight: jax.Array
+    gating_temperature: jax.Array
+
+    def network_kwargs(self) -> dict:
+        return {"temperature": self.gating_temperature}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -125,24 +136,18 @@ def gate_statistics(gate_probs: jax.Array) -> dict[str, jax.Array]:
     return out
 
 
-def moe_loss(params, apply_fn: Callable, batch: PPOBatch, config: PPOConfig, *, network: MoEActorCritic,
-             moe_config: MoEConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The stage-2 loss (module docstring). `apply_fn` is unused: the loss needs the experts' outputs, so it
-    applies `network.details` itself (one forward pass for all terms). Bind `network` and `moe_config` with
-    `make_moe_loss` to get `ppo_loss`'s signature."""
-    del apply_fn
-    d = network.apply(params, batch.obs, method=network.details)
-    ppo_total, aux = P.ppo_loss_from_outputs(d["logits"], d["value"], batch, config)
+def moe_loss(trainer: P.PPO, params, batch: PPOBatch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The stage-2 loss (module docstring), the PPO trainer's `loss_hook`: one forward pass of the experts
+    (`network.details`) for every term; weights and temperature from `trainer.hook_hparams`."""
+    hook = trainer.hook_hparams
+    d = trainer.network.apply(params, batch.obs, hook.gating_temperature, method=trainer.network.details)
+    ppo_total, aux = P.ppo_loss_from_outputs(d["logits"], d["value"], batch, trainer.config, trainer.hparams)
     div = expert_diversity(d["expert_logits"])
     lb = load_balance(d["gate_probs"])
-    total = ppo_total - moe_config.diversity_loss_weight * div + moe_config.load_balance_weight * lb
+    total = ppo_total - hook.diversity_loss_weight * div + hook.load_balance_weight * lb
     aux = dict(aux, ppo_loss=ppo_total, diversity=div, load_balance=lb, total_loss=total)
     aux.update(gate_statistics(d["gate_probs"]))
     return total, aux
-
-
-def make_moe_loss(network: MoEActorCritic, moe_config: MoEConfig) -> P.LossFn:
-    return functools.partial(moe_loss, network=network, moe_config=moe_config)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -213,215 +218,29 @@ def init_from_ppo(ppo_params, key: jax.Array, network: MoEActorCritic, obs_dim: 
 # The trainer
 
 
-class MoELogCallback(P.LogCallback):
-    """PPO's log line plus one line of gate statistics."""
+@dataclasses.dataclass(frozen=True)
+class _FromStage1:
+    """The PPO trainer's `init_hook`: every expert from `trainer.init_from` (stage-1 parameters)."""
 
-    def __call__(self, metrics: Mapping[str, np.ndarray]) -> None:
-        super().__call__(metrics)
-        m = {k: float(np.mean(np.asarray(v))) for k, v in metrics.items()}
-        usage = " ".join(f"{m[k]:.2f}" for k in sorted((k for k in m if k.startswith("usage_")),
-                                                      key=lambda k: int(k.split("_")[1])))
-        logging.info("%s it %d | usage [%s] | gate entropy %.3f | diversity %.4f | load balance %.4f | "
-                     "trades/episode %.2f", self.name, m["iteration"], usage, m["gate_entropy"], m["diversity"],
-                     m["load_balance"], m["trades_per_episode"])
+    init_noise: float
+
+    def __call__(self, trainer: P.PPO, key: jax.Array):
+        obs_shape = jax.eval_shape(trainer.env_reset, jax.random.key(0), trainer.env_params)[0]
+        return init_from_ppo(trainer.init_from, key, trainer.network, obs_shape.shape[-1], self.init_noise)
 
 
-class MoETrainer(PPOTrainer):
-    """`PPOTrainer` with the MoE network and loss; `init` starts from `init_from` (stage-1 parameters) when
-    given. Adds `trades_per_episode` to every iteration's metrics (the gate statistics come from the loss's
-    aux, averaged over the iteration's minibatches)."""
-
-    def __init__(self, moe_config: MoEConfig, ppo_config: PPOConfig, env_params, *, init_from=None,
-                 network: MoEActorCritic | None = None,
-                 callback: Callable[[dict[str, np.ndarray]], None] | None | str = "default", **kwargs):
-        ppo_config = ppo_config.replace(num_iterations=moe_config.num_iterations)
-        if network is None:
-            num_actions = getattr(env_params, "num_actions", None)
-            if num_actions is None:
-                raise ValueError("moe.make_trainer: pass `network` (env_params has no num_actions)")
-            network = moe_config.make_network(num_actions)
-        if callback == "default":
-            callback = MoELogCallback(name="moe", total_iterations=moe_config.num_iterations)
-        kwargs.setdefault("loss_fn", make_moe_loss(network, moe_config))
-        super().__init__(ppo_config, env_params, network, callback=None, **kwargs)
-        self.moe_config = moe_config
-        self.init_from = init_from
-        self.callback = None  # PPOTrainer.iteration must not log: ours logs the extended metrics
-        self.moe_callback = callback
-
-    def init_params(self, key: jax.Array, env_params=None):
-        if self.init_from is None:
-            return super().init_params(key, env_params)
-        env_params = self.env_params if env_params is None else env_params
-        obs_shape = jax.eval_shape(self.env_reset, jax.random.key(0), env_params)[0]
-        return init_from_ppo(self.init_from, key, self.network, obs_shape.shape[-1], self.moe_config.init_noise)
-
-    def iteration(self, rs: RunnerState, env_params, log_now: jax.Array | bool = False
-                  ) -> tuple[RunnerState, dict[str, jax.Array]]:
-        rs, metrics = super().iteration(rs, env_params, False)
-        eps = metrics["episodes"].astype(jnp.float32)
-        metrics["trades_per_episode"] = jnp.where(
-            eps > 0, metrics["num_trades"].astype(jnp.float32) / jnp.maximum(eps, 1.0), jnp.nan)
-        if self.moe_callback is not None and self.config.log_every > 0:
-            host = R.host_call(self.moe_callback)
-            jax.lax.cond(log_now, lambda m: jax.debug.callback(host, m), lambda m: None, metrics)
-        return rs, metrics
-
-
-def make_trainer(moe_config: MoEConfig, ppo_config: PPOConfig, env_params, init_from=None, **kwargs
-                 ) -> MoETrainer:
-    """Build a `MoETrainer`. `init_from`: stage-1 PPO parameters to start every expert from (else a fresh
-    MoE init). kwargs as `ppo.make_trainer` (env_reset, env_step, per_env_keys, callback, network, loss_fn)."""
-    return MoETrainer(moe_config, ppo_config, env_params, init_from=init_from, **kwargs)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Which expert leads in which market regime
-
-
-VOL_BUCKETS = ("low", "mid", "high")
-TREND_BUCKETS = ("down", "sideways", "up")
-
-
-def _float_or_none(x) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def gate_trace(network: MoEActorCritic, params, env_params) -> dict[str, np.ndarray]:
-    """Greedy run through one episode from `reset_to(env_params, 0)` (build `env_params` with
-    `episode_sessions=None` to cover the whole split): per decision bar, `bar` index `[N]`, `gate_probs`
-    `[N, E]`, `action` `[N]`. Host numpy arrays."""
-    from jaxtrade import env as trading_env
-
-    start = int(env_params.session_start[int(env_params.split_lo)])
-    end = int(env_params.session_end[int(env_params.split_lo) + int(env_params.episode_sessions) - 1])
-    n_steps = end - start
-
-    @jax.jit
-    def run(params, env_params):
-        obs0, s0 = trading_env.reset_to(env_params, 0)
-        key = jax.random.key(0)
-
-        def body(carry, _):
-            obs, s = carry
-            d = network.apply(params, obs, method=network.details)
-            action = jnp.argmax(d["logits"], -1).astype(jnp.int32)
-            obs2, s2, _, _, _ = trading_env.step(key, s, action, env_params)
-            return (obs2, s2), (s.t, d["gate_probs"], action)
-
-        _, out = jax.lax.scan(body, (obs0, s0), None, length=n_steps)
-        return out
-
-    bar, gate, action = jax.device_get(run(params, env_params))
-    return {"bar": np.asarray(bar), "gate_probs": np.asarray(gate), "action": np.asarray(action)}
-
-
-def expert_regime_table(network: MoEActorCritic, params, market, split: str = "val", *, env_params=None,
-                        vol_feature: str = "rvol_20", trend_feature: str = "logret_60",
-                        trend_band: float = 0.5) -> dict:
-    """Which expert leads in which market regime, on `split` (greedy evaluation through the env).
-
-    Every decision bar of the split is bucketed by volatility terciles of `vol_feature` (unscaled with
-    `market.scaler`; edges are the split's own 1/3 and 2/3 quantiles) and by trend: `trend_feature`
-    (unscaled) below -band is "down", above +band "up", else "sideways", with band = `trend_band` x the
-    split's standard deviation of that feature. For each of the 3 x 3 cells: bar count, mean gate
-    probabilities and the leading expert (argmax of the mean; None for an empty cell).
-    `env_params`: default `env.env_params(EnvConfig(), market, split, whole_split=True)` (the split as one
-    episode under the default rules); the sequence passes its own.
-    Returns a JSON-serialisable dict: `cells` (a list of per-cell dicts) and the same as 3 x 3 grids
-    `leader`, `bars`, `mean_gate` (rows = vol low/mid/high, columns = trend down/sideways/up), plus
-    `usage` (mean gate over all bars) and the bucket edges.
-    """
-    from jaxtrade import env as trading_env
-    from jaxtrade.features import FEATURE_NAMES
-
-    if env_params is None:
-        config = trading_env.EnvConfig(split_fractions=market.split_fractions)
-        env_params = trading_env.env_params(config, market, split, whole_split=True)
-    trace = gate_trace(network, params, env_params)
-    bars, gate = trace["bar"], trace["gate_probs"]
-    num_experts = gate.shape[-1]
-    feats = np.asarray(market.data.features)[bars].astype(np.float64)
-    mean, std = np.asarray(market.scaler.mean), np.asarray(market.scaler.std)
-    names = list(FEATURE_NAMES)
-    for f in (vol_feature, trend_feature):
-        if f not in names:
-            raise ValueError(f"expert_regime_table: unknown feature {f!r}")
-    iv, it = names.index(vol_feature), names.index(trend_feature)
-    vol = feats[:, iv] * std[iv] + mean[iv]
-    trend = feats[:, it] * std[it] + mean[it]
-    vol_edges = np.quantile(vol, [1 / 3, 2 / 3]) if len(vol) else np.zeros(2)
-    vol_bucket = np.digitize(vol, vol_edges)  # 0, 1, 2
-    band = float(trend_band * np.std(trend)) if len(trend) else 0.0
-    trend_bucket = np.where(trend < -band, 0, np.where(trend > band, 2, 1))
-
-    cells, leader, counts, mean_gate = [], [], [], []
-    for vi, vname in enumerate(VOL_BUCKETS):
-        row_l, row_c, row_g = [], [], []
-        for ti, tname in enumerate(TREND_BUCKETS):
-            mask = (vol_bucket == vi) & (trend_bucket == ti)
-            n = int(mask.sum())
-            g = gate[mask].mean(0) if n else np.full(num_experts, np.nan)
-            lead = int(np.argmax(g)) if n else None
-            g_list = [_float_or_none(x) for x in g]
-            cells.append({"vol": vname, "trend": tname, "bars": n, "leader": lead, "mean_gate": g_list,
-                          "long_share": _float_or_none(np.mean(trace["action"][mask] > env_params.max_lots))
-                          if n else None})
-            row_l.append(lead)
-            row_c.append(n)
-            row_g.append(g_list)
-        leader.append(row_l)
-        counts.append(row_c)
-        mean_gate.append(row_g)
-    return {
-        "symbol": market.symbol, "split": split, "num_bars": int(len(bars)), "num_experts": int(num_experts),
-        "vol_feature": vol_feature, "trend_feature": trend_feature,
-        "vol_buckets": list(VOL_BUCKETS), "trend_buckets": list(TREND_BUCKETS),
-        "vol_edges": [float(x) for x in vol_edges], "trend_band": band,
-        "usage": [_float_or_none(x) for x in (gate.mean(0) if len(gate) else np.full(num_experts, np.nan))],
-        "cells": cells, "leader": leader, "bars": counts, "mean_gate": mean_gate,
-    }
-
-
-def plot_expert_regimes(table: Mapping[str, Any], path) -> str | None:
-    """Heat maps (one panel per expert) of the mean gate probability in each volatility x trend cell, the
-    leading expert's cells starred, bar counts in the first panel. Returns the path, or None (with a log
-    notice) when matplotlib is not installed."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logging.warning("plot_expert_regimes: matplotlib is not installed; skipping %s "
-                        "(pip install 'jaxtrade[report]')", path)
-        return None
-    num_experts = int(table["num_experts"])
-    g = np.array([[[np.nan if x is None else x for x in cell] for cell in row] for row in table["mean_gate"]],
-                 dtype=np.float64)  # [3 vol, 3 trend, E]
-    fig, axes = plt.subplots(1, num_experts, figsize=(3.2 * num_experts + 1.0, 3.4), squeeze=False)
-    im = None
-    for e, ax in enumerate(axes[0]):
-        im = ax.imshow(g[:, :, e], vmin=0.0, vmax=1.0, cmap="viridis", origin="lower")
-        ax.set_xticks(range(3), table["trend_buckets"])
-        ax.set_yticks(range(3), table["vol_buckets"])
-        ax.set_xlabel("trend")
-        if e == 0:
-            ax.set_ylabel("volatility")
-        ax.set_title(f"expert {e}")
-        for vi in range(3):
-            for ti in range(3):
-                val = g[vi, ti, e]
-                if np.isnan(val):
-                    continue
-                star = "*" if table["leader"][vi][ti] == e else ""
-                text = f"{val:.2f}{star}"
-                if e == 0:
-                    text += f"\nn={table['bars'][vi][ti]}"
-                ax.text(ti, vi, text, ha="center", va="center", fontsize=8,
-                        color="white" if val < 0.6 else "black")
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="mean gate probability")
-    fig.suptitle(f"{table.get('symbol', '')} {table.get('split', '')}: expert gate by regime (* = leader)")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return str(path)
+def make_trainer(moe_config: MoEConfig, ppo_config: PPOConfig, env_params, init_from=None, *,
+                 network: MoEActorCritic | None = None, **kwargs) -> P.PPO:
+    """The MoE stage's trainer: `ppo.make_trainer` with the MoE network, `moe_loss` and `MoEHParams`, running
+    `moe_config.num_iterations`. `init_from`: stage-1 PPO parameters every expert starts from (else a fresh MoE
+    init). kwargs as `ppo.make_trainer` (env_reset, env_step, per_env_keys)."""
+    ppo_config = ppo_config.replace(num_iterations=moe_config.num_iterations)
+    if network is None:
+        num_actions = getattr(env_params, "num_actions", None)
+        if num_actions is None:
+            raise ValueError("moe.make_trainer: pass `network` (env_params has no num_actions)")
+        network = moe_config.make_network(num_actions)
+    if init_from is not None:
+        init_from = jax.tree.map(jnp.asarray, _params_dict(init_from))
+    return P.make_trainer(ppo_config, env_params, network, loss_hook=moe_loss, hook_hparams=moe_config.hparams(),
+                          init_from=init_from, init_hook=_FromStage1(moe_config.init_noise), **kwargs)

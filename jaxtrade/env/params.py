@@ -1,22 +1,7 @@
-"""The trading environment (DESIGN section 3): pure functions over `flax.struct` dataclasses, gymnax-style.
-
-    obs, state = reset(key, params)
-    obs, state, reward, done, info = step(key, state, action, params)
-
-Timing: the agent sees bar t's close and picks a target position in lots, `action - max_lots` in
-{-max_lots .. +max_lots}. The order fills at bar t+1's open plus slippage (against the trader), and the
-position is marked to market at bar t+1's close. Intraday by default: a position still open at a session's
-last bar is squared off at that bar's close (plus slippage and costs), so every session ends flat; with a
-square-off time, bars from that time on force the target to flat (filled at their open). An episode is one or
-more whole sessions sampled from a split; `step` resets automatically when an episode ends, and `info` keeps
-the finished episode's statistics and its last observation.
-
-Money: PnL is computed as price differences times quantity (never as differences of large cash balances), so
-float32 training stays accurate; the backtester enables x64 and the same code runs in float64.
-Reward: the change in equity over the bar, net of costs, divided by the initial capital.
-
-Per-bar work is kept to a handful of gathers; what only matters at a reset (drawing the next session) uses a
-cheap integer hash of the step key and the env's own counter instead of a per-step threefry draw.
+"""Market rules: `EnvConfig` (every setting that changes how the market trades) and the ONE path from it to the
+environment's `EnvParams`, `env_params(config, market, split)` (DESIGN sections 1 and 3). Training, gates, the
+report, backtests, adaptation and benchmarks all build their params through it; `make_params` is the
+low-level constructor behind it (explicit values; tests use it directly).
 """
 
 from __future__ import annotations
@@ -25,14 +10,13 @@ import dataclasses
 import datetime as _dt
 from typing import Any, Mapping
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
 from jaxtrade import contracts
-from jaxtrade.costs import COST_MODELS, CostModel, CostParams, cost_model, order_cost
+from jaxtrade.costs import COST_MODELS, CostModel, CostParams, cost_model
 from jaxtrade.data import Market, check_split_fractions, load_market
 from jaxtrade.errors import InputError
 from jaxtrade.features import FEATURE_NAMES
@@ -71,28 +55,6 @@ class EnvParams:
     @property
     def obs_dim(self) -> int:
         return self.features.shape[-1] + len(POSITION_FEATURES)
-
-
-@struct.dataclass
-class EnvState:
-    t: jax.Array  # () int32: the bar whose close the agent has just seen
-    end: jax.Array  # () int32: the episode's last bar
-    lots: jax.Array  # () int32: signed lots held
-    units: jax.Array  # () signed units held (lots x lot size at the fill)
-    entry_price: jax.Array  # () average entry price of the open position
-    cash: jax.Array  # ()
-    equity: jax.Array  # () cash + units x close
-    peak_equity: jax.Array  # ()
-    max_drawdown: jax.Array  # () max of 1 - equity / peak so far, a positive fraction
-    trade_pnl: jax.Array  # () net PnL of the open round trip so far (costs included)
-    num_trades: jax.Array  # () int32: closed round trips this episode
-    wins: jax.Array  # () int32: closed round trips with net PnL > 0
-    gross_profit: jax.Array  # () sum of positive round-trip net PnL
-    gross_loss: jax.Array  # () sum of |negative round-trip net PnL|
-    total_costs: jax.Array  # ()
-    episode_return: jax.Array  # () sum of rewards this episode
-    episode_length: jax.Array  # () int32: steps this episode
-    rng: jax.Array  # () uint32: the env's own counter for drawing the next episode
 
 
 def parse_square_off_time(text: str, flag: str = "--square_off_time") -> _dt.time:
@@ -284,163 +246,3 @@ def stack_params(params_list: list[EnvParams]) -> EnvParams:
 
     padded = [pad(p) for p in params_list]
     return jax.tree.map(lambda *xs: jnp.stack(xs), *padded)
-
-
-def _mix32(x):
-    """murmur3's 32-bit finaliser: a cheap, well-mixed integer hash."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x85EBCA6B)
-    x = x ^ (x >> 13)
-    x = x * jnp.uint32(0xC2B2AE35)
-    return x ^ (x >> 16)
-
-
-def _key_bits(key) -> jax.Array:
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.key_data(key)
-    flat = key.reshape(-1).astype(jnp.uint32)
-    return flat[0] ^ _mix32(flat[-1] + jnp.uint32(0x9E3779B9))
-
-
-def _episode_bounds(params: EnvParams, rng):
-    """First and last bar of the episode that `rng` picks among the split's valid start sessions."""
-    n_starts = (params.split_hi - params.split_lo - params.episode_sessions + 1).astype(jnp.uint32)
-    first = params.split_lo + (rng % jnp.maximum(n_starts, 1)).astype(jnp.int32)
-    last = first + params.episode_sessions - 1
-    return params.session_start[first], params.session_end[last]
-
-
-def _fresh_state(params: EnvParams, start, end, rng) -> EnvState:
-    dt = params.close.dtype
-    zero = jnp.zeros((), dt)
-    cap = params.initial_capital.astype(dt)
-    return EnvState(t=start, end=end, lots=jnp.int32(0), units=zero, entry_price=zero, cash=cap, equity=cap,
-                    peak_equity=cap, max_drawdown=zero, trade_pnl=zero, num_trades=jnp.int32(0),
-                    wins=jnp.int32(0), gross_profit=zero, gross_loss=zero, total_costs=zero,
-                    episode_return=jnp.zeros((), jnp.float32), episode_length=jnp.int32(0),
-                    rng=rng.astype(jnp.uint32))
-
-
-def _observation(params: EnvParams, t, lots, units, entry_price, close) -> jax.Array:
-    """`[F + 2]` float32: the bar's features, the position as a fraction of max_lots, and the unrealised PnL
-    in percent of initial capital."""
-    upnl = units * (close - entry_price) / params.initial_capital * 100.0
-    extra = jnp.stack([lots.astype(jnp.float32) / params.max_lots, upnl.astype(jnp.float32)])
-    return jnp.concatenate([params.features[t], extra])
-
-
-def reset_to(params: EnvParams, rng) -> tuple[jax.Array, EnvState]:
-    """Reset to the episode picked by the uint32 `rng` (deterministic; the backtester's entry point)."""
-    rng = jnp.asarray(rng, jnp.uint32)
-    start, end = _episode_bounds(params, rng)
-    state = _fresh_state(params, start, end, rng)
-    zero = jnp.zeros((), params.close.dtype)
-    return _observation(params, start, state.lots, zero, zero, zero), state
-
-
-def reset(key: chex.PRNGKey, params: EnvParams) -> tuple[jax.Array, EnvState]:
-    rng = jax.random.bits(key, (), jnp.uint32)
-    return reset_to(params, rng)
-
-
-def step(key: chex.PRNGKey, state: EnvState, action: jax.Array, params: EnvParams
-         ) -> tuple[jax.Array, EnvState, jax.Array, jax.Array, dict[str, Any]]:
-    """One bar. `action` in [0, 2 * max_lots]. Returns (obs [F+2], state, reward, done, info)."""
-    dt = params.close.dtype
-    t1 = state.t + 1
-    c0 = params.close[state.t]
-    o1 = params.open[t1]
-    c1 = params.close[t1]
-    flags = params.bar_flags[t1]
-    lot = params.lot_size[t1]
-
-    # 1. The order placed at bar t's close fills at bar t+1's open.
-    must_be_flat = (flags & MUST_BE_FLAT) != 0
-    target_lots = jnp.where(must_be_flat, 0, jnp.asarray(action, jnp.int32) - params.max_lots)
-    target_units = target_lots.astype(dt) * lot
-    old_units = state.units
-    qty = target_units - old_units
-    fill = o1 + params.slippage * jnp.sign(qty)
-    cost_open = order_cost(params.costs, qty, fill)
-
-    # Split the bar's PnL at the fill: the old position earns up to the fill, the new one after it.
-    pnl_old = old_units * (fill - c0)
-    pnl_new = target_units * (c1 - fill)
-    was_open = old_units != 0
-    is_open = target_units != 0
-    closes = was_open & (~is_open | (jnp.sign(target_units) != jnp.sign(old_units)))
-    opens = is_open & (~was_open | closes)
-    abs_qty = jnp.maximum(jnp.abs(qty), jnp.finfo(dt).tiny)
-    cost_closing = jnp.where(closes, cost_open * jnp.minimum(jnp.abs(old_units) / abs_qty, 1.0), 0.0)
-    closed_pnl_1 = state.trade_pnl + pnl_old - cost_closing
-    trade_pnl = jnp.where(opens, pnl_new - (cost_open - cost_closing),
-                          jnp.where(is_open, state.trade_pnl + pnl_old + pnl_new - cost_open, 0.0))
-    adding = is_open & (~was_open | closes | (jnp.abs(target_units) > jnp.abs(old_units)))
-    entry_price = jnp.where(
-        opens, fill,
-        jnp.where(adding, (state.entry_price * jnp.abs(old_units) + fill * jnp.abs(qty))
-                  / jnp.maximum(jnp.abs(target_units), jnp.finfo(dt).tiny), state.entry_price))
-    cash = state.cash - qty * fill - cost_open
-    pnl = pnl_old + pnl_new - cost_open
-
-    # 2. Square-off at this bar's close: the episode's last bar, and every session's last bar when intraday.
-    session_last = (flags & LAST_BAR) != 0
-    done = t1 >= state.end
-    square = (session_last & ~params.allow_overnight) | done
-    qty_sq = jnp.where(square, -target_units, 0.0)
-    fill_sq = c1 + params.slippage * jnp.sign(qty_sq)
-    cost_sq = order_cost(params.costs, qty_sq, fill_sq)
-    pnl_sq = qty_sq * (c1 - fill_sq) - cost_sq
-    closes_sq = square & is_open
-    closed_pnl_2 = trade_pnl + pnl_sq
-    pnl = pnl + pnl_sq
-    cash = cash - qty_sq * fill_sq - cost_sq
-    units = target_units + qty_sq
-    lots = jnp.where(square, 0, target_lots)
-    trade_pnl = jnp.where(closes_sq, 0.0, trade_pnl)
-    costs = cost_open + cost_sq
-
-    # 3. Episode statistics on device.
-    def tally(closed, value, n, w, gp, gl):
-        return (n + closed.astype(jnp.int32), w + (closed & (value > 0)).astype(jnp.int32),
-                gp + jnp.where(closed & (value > 0), value, 0.0), gl + jnp.where(closed & (value < 0), -value, 0.0))
-
-    n, w, gp, gl = tally(closes, closed_pnl_1, state.num_trades, state.wins, state.gross_profit, state.gross_loss)
-    n, w, gp, gl = tally(closes_sq, closed_pnl_2, n, w, gp, gl)
-    equity = state.equity + pnl
-    peak = jnp.maximum(state.peak_equity, equity)
-    drawdown = jnp.maximum(state.max_drawdown, 1.0 - equity / peak)
-    reward = (pnl / params.initial_capital).astype(jnp.float32)
-    stepped = EnvState(t=t1, end=state.end, lots=lots, units=units, entry_price=entry_price, cash=cash,
-                       equity=equity, peak_equity=peak, max_drawdown=drawdown, trade_pnl=trade_pnl,
-                       num_trades=n, wins=w, gross_profit=gp, gross_loss=gl,
-                       total_costs=state.total_costs + costs, episode_return=state.episode_return + reward,
-                       episode_length=state.episode_length + 1, rng=state.rng)
-
-    # 4. Auto-reset: draw the next episode from a cheap hash (no threefry per step).
-    next_rng = _mix32(state.rng ^ _key_bits(key))
-    reset_start, reset_end = _episode_bounds(params, next_rng)
-    fresh = _fresh_state(params, reset_start, reset_end, next_rng)
-    new_state = jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh, stepped)
-    obs = _observation(params, new_state.t, new_state.lots, new_state.units, new_state.entry_price,
-                       jnp.where(done, 0.0, c1).astype(dt))
-
-    info = {
-        # per step: the backtester's ledger and the bar's two possible fills. At the open: `fill_qty` signed units
-        # at `fill_price`, costing `fill_cost`, of which `fill_cost_closing` is charged to the round trip the
-        # order closes (`fill_closes`, net PnL `fill_closed_pnl`; `fill_opens` starts one). At the close: the
-        # square-off of `square_qty` units at `square_price` costing `square_cost` (`square_closes`,
-        # `square_closed_pnl`). The backtester's trades and equity.parquet are these, collected.
-        "bar": t1, "position": lots, "target": target_lots, "lot_size": lot, "costs": costs, "pnl": pnl,
-        "cash": cash, "equity": equity, "closed_trades": closes.astype(jnp.int32) + closes_sq.astype(jnp.int32),
-        "fill_qty": qty, "fill_price": fill, "fill_cost": cost_open, "fill_cost_closing": cost_closing,
-        "fill_closes": closes, "fill_opens": opens, "fill_closed_pnl": closed_pnl_1,
-        "square_qty": qty_sq, "square_price": fill_sq, "square_cost": cost_sq, "square_closes": closes_sq,
-        "square_closed_pnl": closed_pnl_2,
-        # the finished episode (valid where done)
-        "returned_episode": done, "episode_return": stepped.episode_return,
-        "episode_length": stepped.episode_length, "num_trades": n, "wins": w, "gross_profit": gp,
-        "gross_loss": gl, "max_drawdown": drawdown, "final_equity": equity, "total_costs": stepped.total_costs,
-        "terminal_obs": _observation(params, t1, lots, units, entry_price, c1),
-    }
-    return obs, new_state, reward, done, info

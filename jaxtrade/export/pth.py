@@ -1,4 +1,4 @@
-"""Export trained policies to PyTorch `.pth` files and load them back (DESIGN section 5).
+"""The `.pth` format (DESIGN section 5): export trained policies to PyTorch files and read them back.
 
 A `.pth` file is `torch.save` of a plain dict that loads with `torch.load(f, weights_only=True)`:
 
@@ -21,15 +21,14 @@ in Flax, `experts/actor_0/kernel [E, in, out]`) into one sub-module per expert: 
 ..., `experts.{e}.critic_out.bias`. The rule in one line: Flax path joined by ".", `experts` index inserted.
 All tensors are float32.
 
-Entry points:
-    export_pth(path, params, network, *, symbol, stage, obs_names, scaler=None, metrics=None, extra=None)
+Entry points (this module: the format; `torch_modules`: the PyTorch reference modules):
+    export_pth(path, params, network, *, symbol, stage, obs_names, scaler=None, metrics=None, extra=None,
+               env_config=None)
     load_pth(path) -> (state_dict {name: np.ndarray}, config)
     params_from_pth(path) -> (flax variables {"params": ...}, flax module, config)
-    torch_policy(path_or_dict) -> torch.nn.Module   forward(obs [B, D]) -> (logits [B, A], value [B])
-    load_policy(path, *, backend="torch") -> LoadedPolicy(act, name, config)   (.pth file or Orbax directory)
     network_config(network) -> dict / network_from_config(config) -> flax module
-
-PyTorch is imported lazily: `jaxtrade` (and this module) import without it.
+Loading a model as a policy (a `.pth` or an Orbax stage directory) is `jaxtrade.policies.load_model` /
+`load_policy`, the one loader. PyTorch is imported lazily: `jaxtrade` (and this module) import without it.
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ import dataclasses
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +45,7 @@ import numpy as np
 
 from jaxtrade import networks as N
 from jaxtrade.errors import InputError
+from jaxtrade.jsonio import to_json
 
 FORMAT = "jaxtrade.pth"
 FORMAT_VERSION = 1
@@ -78,43 +78,10 @@ def _import_torch():
     return torch
 
 
-# ------------------------------------------------------------------------------------- plain config values
-
-def _plain(obj: Any, where: str = "config") -> Any:
-    """`obj` as plain Python (what `torch.load(weights_only=True)` and JSON accept)."""
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, (int, np.integer)) and not isinstance(obj, bool):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj)
-    if isinstance(obj, (np.ndarray, jax.Array)):
-        arr = np.asarray(obj)
-        return _plain(arr.item() if arr.ndim == 0 else arr.tolist(), where)
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v, f"{where}.{k}") for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
-    if hasattr(obj, "to_dict"):
-        return _plain(obj.to_dict(), where)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _plain(dataclasses.asdict(obj), where)
-    raise TypeError(f"{where}: {type(obj).__name__} cannot be stored in a .pth config (use plain values)")
-
-
 # ------------------------------------------------------------------------------------- network config
 
-def _moe_class():
-    return getattr(N, "MoEActorCritic", None)
-
-
 def _architecture_of(network) -> str:
-    moe = _moe_class()
-    if moe is not None and isinstance(network, moe):
+    if isinstance(network, N.MoEActorCritic):
         return ARCH_MOE
     if isinstance(network, N.ActorCritic):
         return ARCH_ACTOR_CRITIC
@@ -141,7 +108,7 @@ def network_config(network, obs_dim: int | None = None) -> dict:
     error.
     """
     cfg = {"architecture": _architecture_of(network)}
-    cfg.update(_plain(_module_fields(network), "network"))
+    cfg.update(to_json(_module_fields(network), "network"))
     if obs_dim is not None:
         cfg["obs_dim"] = int(obs_dim)
     return cfg
@@ -157,9 +124,7 @@ def network_from_config(config: Mapping) -> Any:
     if arch == ARCH_ACTOR_CRITIC:
         cls = N.ActorCritic
     elif arch == ARCH_MOE:
-        cls = _moe_class()
-        if cls is None:
-            raise InputError("this model is a mixture of experts, but jaxtrade.networks has no MoEActorCritic")
+        cls = N.MoEActorCritic
     else:
         raise InputError(f"unknown network architecture {arch!r} (expected {ARCH_ACTOR_CRITIC!r} or {ARCH_MOE!r})")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")}
@@ -266,7 +231,7 @@ def params_from_state_dict(state_dict: Mapping[str, Any], config: Mapping | None
     return {"params": tree}
 
 
-def _check_params(params, network, obs_dim: int) -> None:
+def check_params(params, network, obs_dim: int) -> None:
     """Apply the network to a dummy observation: the parameters must fit its structure and `obs_dim`."""
     try:
         ref = jax.eval_shape(network.init, jax.random.key(0), jax.ShapeDtypeStruct((1, obs_dim), jnp.float32))
@@ -291,7 +256,7 @@ def _unwrap_abstract(variables) -> dict:
     return dict(variables)
 
 
-def _infer_obs_dim(params) -> int:
+def infer_obs_dim(params) -> int:
     """Input width of the network: the first layer's kernel (`gate_0`, `actor_0` or `actor_out`)."""
     inner = _unwrap(params)
     for first in ("gate_0", "actor_0", "actor_out"):
@@ -313,10 +278,10 @@ def export_pth(path, params, network, *, symbol: str, stage: str, obs_names, sca
     path = Path(path)
     obs_names = [str(n) for n in obs_names]
     obs_dim = len(obs_names)
-    got_dim = _infer_obs_dim(params)
+    got_dim = infer_obs_dim(params)
     if got_dim != obs_dim:
         raise ValueError(f"export_pth: the network takes {got_dim} inputs but obs_names has {obs_dim}")
-    _check_params(params, network, obs_dim)
+    check_params(params, network, obs_dim)
     net_cfg = network_config(network, obs_dim=obs_dim)
     config = {
         "format": FORMAT,
@@ -325,12 +290,12 @@ def export_pth(path, params, network, *, symbol: str, stage: str, obs_names, sca
         "architecture": net_cfg["architecture"],
         "network": net_cfg,
         "observation": {"obs_names": obs_names, "obs_dim": obs_dim},
-        "scaler": _plain(scaler, "scaler"),
+        "scaler": to_json(scaler, "scaler"),
         "symbol": str(symbol),
         "stage": str(stage),
-        "metrics": _plain(metrics or {}, "metrics"),
-        "extra": _plain(extra or {}, "extra"),
-        "env_config": _plain(env_config, "env_config"),
+        "metrics": to_json(metrics or {}, "metrics"),
+        "extra": to_json(extra or {}, "extra"),
+        "env_config": to_json(env_config, "env_config"),
     }
     sd = state_dict_from_params(params, network)
     payload = {"state_dict": {k: torch.from_numpy(v.copy()) for k, v in sd.items()}, "config": config}
@@ -407,217 +372,15 @@ def params_from_pth(path) -> tuple[dict, Any, dict]:
     sd, config = load_pth(path)
     network = network_from_config(config)
     params = params_from_state_dict(sd, config)
-    _check_params(params, network, _obs_dim_of(config))
+    check_params(params, network, obs_dim_of(config))
     return jax.tree.map(jnp.asarray, params), network, config
 
 
-# ------------------------------------------------------------------------------------- PyTorch module
-
-_TORCH_CLASSES: dict[str, Any] = {}
-
-
-def _torch_activation(name: str):
-    torch = _import_torch()
-    F = torch.nn.functional
-    table = {
-        "tanh": torch.tanh,
-        "relu": F.relu,
-        "gelu": lambda x: F.gelu(x, approximate="tanh"),  # flax.linen.gelu defaults to the tanh approximation
-        "elu": F.elu,
-        "silu": F.silu,
-    }
-    if name not in table:
-        raise InputError(f"activation {name!r} has no PyTorch equivalent here (choose from {', '.join(table)})")
-    return table[name]
-
-
-def _torch_classes() -> dict[str, Any]:
-    """Define the PyTorch modules on first use (torch is imported lazily)."""
-    if _TORCH_CLASSES:
-        return _TORCH_CLASSES
-    torch = _import_torch()
-    nn = torch.nn
-
-    class ActorCriticMLP(nn.Module):
-        """`networks.ActorCritic` in PyTorch: Linear layers `actor_{i}`, `actor_out`, `critic_{i}`,
-        `critic_out`; forward(obs [..., D]) -> (logits [..., A], value [...])."""
-
-        def __init__(self, obs_dim: int, num_actions: int, hidden_sizes, activation: str):
-            super().__init__()
-            self.hidden_sizes = [int(h) for h in hidden_sizes]
-            self.activation = str(activation)
-            self._act_fn = _torch_activation(self.activation)
-            for head in ("actor", "critic"):
-                width = int(obs_dim)
-                for i, h in enumerate(self.hidden_sizes):
-                    setattr(self, f"{head}_{i}", nn.Linear(width, h))
-                    width = h
-                setattr(self, f"{head}_out", nn.Linear(width, int(num_actions) if head == "actor" else 1))
-
-        def forward(self, obs):
-            h = obs
-            for i in range(len(self.hidden_sizes)):
-                h = self._act_fn(getattr(self, f"actor_{i}")(h))
-            logits = self.actor_out(h)
-            v = obs
-            for i in range(len(self.hidden_sizes)):
-                v = self._act_fn(getattr(self, f"critic_{i}")(v))
-            return logits, self.critic_out(v).squeeze(-1)
-
-    class PolicyMixin:
-        """`action_probs(obs)` (softmax of the logits) and greedy `act(obs)` on top of
-        forward(obs [B, D] float32) -> (logits [B, A], value [B]); `config` is the .pth config."""
-
-        config: dict
-
-        def action_probs(self, obs):
-            logits, _ = self(obs)
-            return torch.softmax(logits, dim=-1)
-
-        def act(self, obs):
-            logits, _ = self(obs)
-            return torch.argmax(logits, dim=-1)
-
-        @property
-        def obs_names(self) -> list[str]:
-            return list((self.config.get("observation") or {}).get("obs_names") or [])
-
-    class TorchActorCritic(PolicyMixin, ActorCriticMLP):
-        """State-dict names `actor_0.weight`, ..., `critic_out.bias`."""
-
-        def __init__(self, config: dict):
-            net = config["network"]
-            super().__init__(_obs_dim_of(config), int(net["num_actions"]), net.get("hidden_sizes", [64, 64]),
-                             net.get("activation", "tanh"))
-            self.config = config
-
-    class TorchMoEActorCritic(PolicyMixin, nn.Module):
-        """`networks.MoEActorCritic` in PyTorch. State-dict names: `gate_0.*`, `gate_out.*`,
-        `experts.{e}.actor_0.*`, ..., `experts.{e}.critic_out.*`.
-
-        g = softmax(gate_out(act(gate_0(obs))) / T); logits = log sum_e g_e softmax(logits_e);
-        value = sum_e g_e v_e."""
-
-        def __init__(self, config: dict):
-            super().__init__()
-            net = config["network"]
-            self.config = config
-            obs_dim = _obs_dim_of(config)
-            num_experts = int(net.get("num_experts", 4))
-            self.gating_temperature = float(net.get("gating_temperature", 0.8))
-            activation = str(net.get("activation", "tanh"))
-            self._act_fn = _torch_activation(activation)
-            self.gate_0 = nn.Linear(obs_dim, int(net.get("gating_hidden_dim", 64)))
-            self.gate_out = nn.Linear(int(net.get("gating_hidden_dim", 64)), num_experts)
-            hidden = [int(net.get("expert_hidden_dim", 128))] * int(net.get("expert_num_layers", 2))
-            self.experts = nn.ModuleList(ActorCriticMLP(obs_dim, int(net["num_actions"]), hidden, activation)
-                                         for _ in range(num_experts))
-
-        def details(self, obs):
-            z = self.gate_out(self._act_fn(self.gate_0(obs))) / self.gating_temperature
-            gate_probs = torch.softmax(z, dim=-1)
-            outs = [expert(obs) for expert in self.experts]
-            expert_logits = torch.stack([o[0] for o in outs], dim=-2)  # [..., E, A]
-            expert_values = torch.stack([o[1] for o in outs], dim=-1)  # [..., E]
-            log_p = torch.log_softmax(expert_logits, dim=-1)
-            log_gate = torch.log_softmax(z, dim=-1)
-            logits = torch.logsumexp(log_gate.unsqueeze(-1) + log_p, dim=-2)
-            value = (gate_probs * expert_values).sum(-1)
-            return {"logits": logits, "value": value, "gate_probs": gate_probs, "gate_logits": z,
-                    "expert_logits": expert_logits, "expert_values": expert_values}
-
-        def forward(self, obs):
-            d = self.details(obs)
-            return d["logits"], d["value"]
-
-    _TORCH_CLASSES.update(ActorCriticMLP=ActorCriticMLP, PolicyMixin=PolicyMixin,
-                          TorchActorCritic=TorchActorCritic, TorchMoEActorCritic=TorchMoEActorCritic)
-    return _TORCH_CLASSES
-
-
-def _obs_dim_of(config: Mapping) -> int:
+def obs_dim_of(config: Mapping) -> int:
     dim = (config.get("observation") or {}).get("obs_dim") or (config.get("network") or {}).get("obs_dim")
     if dim is None:
         raise InputError("model config has no observation size (observation.obs_dim)")
     return int(dim)
-
-
-def torch_policy(path_or_dict) -> Any:
-    """A PyTorch `nn.Module` (eval mode, float32, CPU) rebuilt from a jaxtrade `.pth` path or its loaded dict
-    (`{"state_dict", "config"}`; tensors or arrays): `forward(obs [B, D]) -> (logits [B, A], value [B])`,
-    `action_probs(obs)`, `act(obs)` (greedy), `.config`."""
-    torch = _import_torch()
-    if isinstance(path_or_dict, (str, os.PathLike)):
-        sd, config = _validate(_load_raw(path_or_dict), str(path_or_dict))
-        where = str(path_or_dict)
-    else:
-        sd, config = _validate(path_or_dict, "torch_policy")
-        where = "torch_policy"
-    classes = _torch_classes()
-    arch = config["network"].get("architecture", ARCH_ACTOR_CRITIC)
-    cls = {ARCH_ACTOR_CRITIC: classes["TorchActorCritic"], ARCH_MOE: classes.get("TorchMoEActorCritic")}.get(arch)
-    if cls is None:
-        raise InputError(f"{where}: no PyTorch module for architecture {arch!r}")
-    module = cls(config)
-    tensors = {k: torch.as_tensor(np.asarray(v.detach().cpu() if hasattr(v, "detach") else v, np.float32))
-               for k, v in sd.items()}
-    try:
-        module.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        raise InputError(f"{where}: state dict does not match its config ({str(e).splitlines()[0]})") from None
-    return module.eval()
-
-
-# ------------------------------------------------------------------------------------- policies for JAX
-
-class LoadedPolicy(NamedTuple):
-    """`act(key, obs) -> int32 action` (pure, jit/vmap-able; `obs` `[..., D]`), a name, and the config.
-    Unpacks as `act, name, config = load_policy(path)`; also callable as `act` itself."""
-
-    act: Callable[[jax.Array, jax.Array], jax.Array]
-    name: str
-    config: dict
-
-    def __call__(self, key, obs):
-        return self.act(key, obs)
-
-    # hashable by identity (the config dict is not hashable), so it can sit in a frozen `policies.Policy`
-    def __hash__(self):
-        return id(self)
-
-    def __eq__(self, other):
-        return self is other
-
-    def __ne__(self, other):
-        return self is not other
-
-
-def _torch_act(module) -> Callable:
-    torch = _import_torch()
-
-    def host_act(obs):
-        obs = np.asarray(obs, np.float32)
-        with torch.no_grad():
-            a = module.act(torch.from_numpy(obs.reshape(-1, obs.shape[-1]).copy()))
-        return a.cpu().numpy().astype(np.int32).reshape(obs.shape[:-1])
-
-    def act(key, obs):
-        del key
-        return jax.pure_callback(host_act, jax.ShapeDtypeStruct(jnp.shape(obs)[:-1], jnp.int32), obs,
-                                 vmap_method="broadcast_all")
-
-    return act
-
-
-def _jax_act(network, params) -> Callable:
-    params = jax.tree.map(jnp.asarray, params)
-
-    def act(key, obs):
-        del key
-        logits, _ = network.apply(params, obs)
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-    return act
 
 
 def check_observation(config: Mapping, obs_names, where: str = "model") -> None:
@@ -629,47 +392,3 @@ def check_observation(config: Mapping, obs_names, where: str = "model") -> None:
         diff = [f"{i}: {a!r} vs {b!r}" for i, (a, b) in enumerate(zip(want, obs_names)) if a != b][:2]
         raise InputError(f"{where}: the model expects {len(want)} observations {diff or ''} but the environment "
                          f"gives {len(obs_names)}; retrain or export it for this observation layout")
-
-
-def load_policy(path, *, backend: str = "torch", step: int | None = None, obs_names=None) -> LoadedPolicy:
-    """Load a trained policy as `LoadedPolicy(act, name, config)`.
-
-    `path`: a jaxtrade `.pth` file, or an Orbax stage directory `checkpoints/{run}/{symbol}/{stage}` (its latest
-    step, or `step`), whose JSON meta holds the network config under "network" (see `network_config`).
-    `backend`: for a `.pth`, "torch" (default) runs the PyTorch module on the host through `jax.pure_callback`;
-    "jax" runs the rebuilt Flax network. Orbax directories always use JAX.
-    `obs_names`: when given, the model's observation names (if recorded) must match them."""
-    if backend not in ("torch", "jax"):
-        raise ValueError(f"load_policy: backend must be 'torch' or 'jax', got {backend!r}")
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: model not found")
-    if p.is_dir():
-        from jaxtrade.checkpoints import restore_params
-        params, meta = restore_params(p, step)
-        net_cfg = meta.get("network")
-        if not isinstance(net_cfg, Mapping):
-            raise InputError(f"{p}: checkpoint meta has no 'network' entry (the network config); cannot rebuild "
-                             f"the policy")
-        network = network_from_config(net_cfg)
-        params = {"params": _unwrap(params)}
-        obs_dim = net_cfg.get("obs_dim") or (meta.get("observation") or {}).get("obs_dim") \
-            or _infer_obs_dim(params)
-        _check_params(params, network, int(obs_dim))
-        config = dict(meta)
-        if obs_names is not None:
-            check_observation(config, obs_names, str(p))
-        name = f"{p.parent.name}_{p.name}"
-        return LoadedPolicy(_jax_act(network, params), name, config)
-    if p.suffix != ".pth":
-        raise InputError(f"{p}: neither a .pth file nor an Orbax checkpoint directory")
-    name = p.stem
-    if backend == "jax":
-        params, network, config = params_from_pth(p)
-        if obs_names is not None:
-            check_observation(config, obs_names, str(p))
-        return LoadedPolicy(_jax_act(network, params), name, config)
-    module = torch_policy(p)
-    if obs_names is not None:
-        check_observation(module.config, obs_names, str(p))
-    return LoadedPolicy(_torch_act(module), name, dict(module.config))

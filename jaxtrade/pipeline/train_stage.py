@@ -1,0 +1,129 @@
+"""Train (or resume, or skip) one stage of one symbol (DESIGN section 4):
+
+  1. build the stage's trainer (`stages.build_stage`); a finished stage in the run directory is skipped, an
+     unfinished one resumes from its latest Orbax checkpoint (refused when it was trained with other settings);
+  2. train through the shared `agents.base.Runner` in chunks of `checkpoint_every` iterations, saving a
+     checkpoint after each, with the progress line and `metrics.jsonl` every `log_every` iterations;
+  3. judge the stage on validation (`stages.judge`); on a failed gate apply the progression rule (`continue`,
+     `extend` by `extension_chunk` iterations up to `max_extension_iterations`, optionally halving the learning
+     rate, a hyperparameter leaf, or `stop`, which the sequence reports);
+  4. save the finished stage with its record (summary.json's entry) and the whole `EnvConfig` it trained under.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from typing import Any
+
+from absl import logging
+
+from jaxtrade.agents.base import Runner
+from jaxtrade.checkpoints import StageCheckpointer
+from jaxtrade.config import SequenceConfig
+from jaxtrade.errors import InputError
+from jaxtrade.export import network_config
+from jaxtrade.pipeline import stages as S
+from jaxtrade.pipeline.context import SymbolContext
+from jaxtrade.pipeline.progress import StageLogger
+
+
+def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, key) -> dict:
+    """Returns {"record": summary.json's entry, "params": the stage's policy parameters, "network": its module}."""
+    import jax
+
+    symbol = ctx.symbol
+    directory = S.stage_dir(cfg, symbol, stage)
+    if cfg.run.overwrite and directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    jsonl = directory / "metrics.jsonl"
+    prog = cfg.progression
+    spec = S.build_stage(cfg, ctx, stage, prev_params)
+    trainer = spec.trainer
+    ckpt = StageCheckpointer(directory, keep=cfg.run.keep_checkpoints) if cfg.run.save_checkpoints else None
+    try:
+        _, k_stage = jax.random.split(key)  # the stream earlier versions drew (runs stay reproducible)
+        state = jax.jit(lambda t, k, p: t.init(k, p))(trainer, k_stage, spec.init_params)
+        target, done, lr_scale, extended, wall = spec.iterations, 0, 1.0, 0, 0.0
+        meta: dict[str, Any] = {}
+        latest = ckpt.latest_step() if ckpt else None
+        settings = S.stage_settings(cfg, stage)
+        if latest is not None:
+            meta = ckpt.restore_meta(latest)
+            if meta.get("settings") is not None and meta["settings"] != settings:
+                diffs = S.settings_diff(meta["settings"], settings)
+                raise InputError(f"{symbol} {stage}: {directory} was trained with other settings "
+                                 f"({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}); pass --overwrite to "
+                                 f"retrain it, or use another --run_name")
+            lr_scale = float(meta.get("lr_scale", 1.0))
+            restored, meta = ckpt.restore({"params": trainer.params_of(state), "runner": state}, latest)
+            state = restored["runner"]
+            done, target = int(meta["iteration"]), int(meta["target_iterations"])
+            extended, wall = int(meta.get("extended", 0)), float(meta.get("wall_s", 0.0))
+            if spec.iterations != int(meta.get("planned_iterations", spec.iterations)):
+                logging.warning("%s %s: the checkpoint was planned for %s iterations; --%s.num_iterations=%d is "
+                                "not applied to it (--overwrite retrains)", symbol, stage,
+                                meta.get("planned_iterations"), stage, spec.iterations)
+            if meta.get("complete"):
+                logging.info("%s %s: finished earlier (%d iterations); skipping (--overwrite retrains)", symbol,
+                             stage, done)
+                record = dict(meta["record"])
+                record["resumed"] = "skipped (finished earlier)"
+                return {"record": record, "params": trainer.params_of(state), "network": trainer.network}
+            logging.info("%s %s: resuming from checkpoint at iteration %d of %d", symbol, stage, done, target)
+        elif not cfg.run.overwrite and jsonl.exists():
+            jsonl.unlink()  # a stale log from a run that never checkpointed
+        planned = int(meta.get("planned_iterations", spec.iterations)) if meta else spec.iterations
+        logger = StageLogger(symbol, stage, target, jsonl)
+        runner = Runner(callback=logger, log_every=cfg.run.log_every)
+
+        def save(state, iterations: int, complete: bool = False, record: dict | None = None):
+            if ckpt is None:
+                return
+            # The policy parameters are stored beside the whole runner state so that tools that only need the
+            # policy (run_backtest.py --model DIR, experiments.adapt) restore them without a template.
+            ckpt.save(iterations, {"params": trainer.params_of(state), "runner": state}, {
+                "iteration": iterations, "target_iterations": target, "complete": complete, "lr_scale": lr_scale,
+                "extended": extended, "wall_s": wall + runner.wall_s, "stage": stage, "symbol": symbol,
+                "network": network_config(trainer.network), "record": record, "settings": settings,
+                "planned_iterations": planned, "env_config": cfg.env.to_dict()})
+
+        trainer = spec.with_lr_scale(lr_scale)
+        while True:
+            state, _ = runner(trainer, state, target - done, chunk=cfg.run.checkpoint_every, done=done,
+                              on_chunk=lambda s, n: save(s, n))
+            done = target
+            params = trainer.params_of(state)
+            validation, reasons, extras = S.judge(cfg, ctx, stage, trainer.network, params, done)
+            if not reasons or prog.on_fail != "extend" or extended >= prog.max_extension_iterations:
+                break
+            chunk = min(prog.extension_chunk, prog.max_extension_iterations - extended)
+            extended += chunk
+            target += chunk
+            logger.total = target
+            if prog.hyperparameter_tuning:
+                lr_scale *= 0.5
+                trainer = spec.with_lr_scale(lr_scale)
+            logging.info("%s %s: gate failed (%s); extending by %d iterations%s", symbol, stage, "; ".join(reasons),
+                         chunk, f" at learning rate x{lr_scale:g}" if prog.hyperparameter_tuning else "")
+            save(state, done)
+
+        wall += runner.wall_s
+        gate = cfg.groups.get(f"{stage}_gate")
+        record = {
+            "stage": stage, "iterations": done, "extended_iterations": extended, "wall_s": round(wall, 3),
+            "env_steps": int(done * trainer.env_steps_per_iteration), "validation_split": cfg.run.eval_split,
+            "validation": validation, "gate": dataclasses.asdict(gate) if gate is not None else None,
+            "gate_passed": not reasons, "gate_failures": reasons, "learning_rate_scale": lr_scale,
+            "checkpoint": str(directory), "settings": settings, **extras,
+        }
+        if stage == "moe":
+            record["expert_regimes"] = S.expert_regimes(trainer.network, params, ctx, cfg.run.eval_split,
+                                                        directory / "expert_regimes.png")
+        save(state, done, True, record)
+        S.log_result(symbol, stage, done, wall, validation, not reasons, reasons)
+        return {"record": record, "params": params, "network": trainer.network}
+    finally:
+        if ckpt is not None:
+            ckpt.close()
