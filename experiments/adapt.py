@@ -16,7 +16,6 @@ Writes an Orbax checkpoint (`{output_dir}/orbax`, meta with "network") and `{out
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from absl import flags

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from jaxtrade import metrics as M
 from jaxtrade.backtest import EQUITY_COLUMNS, BacktestResult, timestamps_utc_ns
+from jaxtrade.jsonio import write_json_atomic
 
 IST = "Asia/Kolkata"
 PCT = {"total_return", "cagr", "max_drawdown", "win_rate", "exposure"}
@@ -195,16 +196,6 @@ def trades_table(r: BacktestResult) -> pa.Table:
     return pa.table(cols).replace_schema_metadata(_meta(r))
 
 
-def _json_safe(x):
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 def write_symbol_outputs(main: BacktestResult, baselines: Sequence[BacktestResult], directory,
                          plot: bool = True) -> list[str]:
     """Write `equity.parquet`, `trades.parquet`, `metrics.json` and (with matplotlib) `equity.png` of `main`
@@ -217,7 +208,7 @@ def write_symbol_outputs(main: BacktestResult, baselines: Sequence[BacktestResul
     rec["baselines"] = {column_name(b): dict(b.metrics, sharpe_ci95=list(b.sharpe_ci) if b.sharpe_ci else None)
                         for b in baselines}
     rec["env_stats"] = main.env_stats
-    (d / "metrics.json").write_text(json.dumps(_json_safe(rec), indent=2) + "\n")
+    write_json_atomic(d / "metrics.json", rec)
     notices = []
     if plot and not plot_equity(main, d / "equity.png", baselines):
         notices.append("matplotlib is not installed (pip install 'jaxtrade[report]'): no equity.png written")

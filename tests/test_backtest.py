@@ -338,3 +338,20 @@ def test_a_model_runs_under_its_own_rules_and_each_override_is_said_once():
     assert model_env_config({"network": {}}) is None
     with pytest.raises(InputError, match="unknown market setting"):
         model_env_config({"env_config": {"tick_value": 3}})
+
+
+def test_compiled_backtests_are_reused_for_models_of_one_architecture_and_bounded(market):
+    from jaxtrade.networks import make_network
+
+    net = make_network(3, (8,))
+    d = market.data.features.shape[1] + 2
+    params = [net.init(jax.random.key(i), jnp.zeros((d,))) for i in range(3)]
+    B._RUNNERS.clear()
+    results = [B.backtest(market, P.network_policy(net, p, f"m{i}"), lot_size=50) for i, p in enumerate(params)]
+    assert len(B._RUNNERS) == 1  # three models, one program: their parameters are arguments
+    (program,) = B._RUNNERS.values()
+    assert program._cache_size() == 1
+    assert not np.array_equal(results[0].equity["equity"], results[2].equity["equity"])  # they did differ
+    for i in range(B.MAX_RUNNERS + 3):  # distinct act functions: the cache keeps the most recent few
+        B.backtest(market, P.constant(1, f"flat{i}", description=str(i)), lot_size=50)
+    assert len(B._RUNNERS) == B.MAX_RUNNERS

@@ -135,4 +135,4 @@ def test_one_path_from_settings_to_market_rules():
                      and any(isinstance(n, ast.Attribute) and n.attr == "make_params"
                              or isinstance(n, ast.Name) and n.id == "make_params"
                              for n in ast.walk(ast.parse(p.read_text()))))
-    assert callers == ["jaxtrade.env"], callers  # the package re-exports it
+    assert callers == [], callers

@@ -1,6 +1,7 @@
 """The sequence runner: seed YAML and flags, gates and progression rules, resume, final-model selection."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -371,3 +372,19 @@ def test_without_torch_the_sequence_runs_and_skips_pth(market_dir, monkeypatch):
     summary = json.loads((market_dir / "ck" / "t" / "NIFTY_5" / "summary.json").read_text())
     assert summary["final_model"]["stage"] == "ppo" and summary["final_model"]["file"] is None
     assert (market_dir / "reports" / "t_report.txt").exists()
+
+
+def test_progress_line_shows_expert_usage_and_writes_jsonl(tmp_path):
+    from jaxtrade.pipeline.progress import StageLogger
+
+    logger = StageLogger("NIFTY_5", "moe", 10, tmp_path / "m.jsonl", stream=open(os.devnull, "w"))
+    metrics = {"iteration": np.int32(5), "env_steps": np.int64(640), "mean_episode_return": np.float32(0.01),
+               "win_rate": np.float32(0.5), "profit_factor": np.float32(np.nan), "policy_loss": np.float32(-0.1),
+               "usage_0": np.float32(0.7), "usage_1": np.float32(0.2), "usage_2": np.float32(0.1),
+               "gate_entropy": np.float32(0.8)}
+    logger(metrics)
+    line = logger.line({k: float(v) for k, v in metrics.items()})
+    assert "moe  NIFTY_5 [##########..........] 5/10" in line and "pf n/a" in line
+    assert "experts 0.70 0.20 0.10 gate ent 0.800" in line
+    rec = json.loads((tmp_path / "m.jsonl").read_text())
+    assert rec["usage_0"] == pytest.approx(0.7) and rec["profit_factor"] is None and rec["stage"] == "moe"

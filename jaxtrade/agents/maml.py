@@ -35,7 +35,7 @@ windows and other symbols) is `jaxtrade.evaluation.adaptation`; the stage's gate
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
