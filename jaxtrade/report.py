@@ -20,7 +20,7 @@ from jaxtrade.backtest import BacktestResult, timestamps_utc_ns
 
 IST = "Asia/Kolkata"
 PCT = {"total_return", "cagr", "max_drawdown", "win_rate", "exposure", "annual_volatility", "var_95", "cvar_95",
-       "cost_to_gross_pnl"}
+       "cost_to_gross_pnl", "mean_max_drawdown"}
 RUPEES = {"avg_trade_pnl", "total_costs", "final_equity", "net_pnl"}
 LABELS = {"total_return": "total return", "cagr": "CAGR", "sharpe": "Sharpe", "sortino": "Sortino",
           "max_drawdown": "max drawdown", "calmar": "Calmar", "num_trades": "trades", "win_rate": "win rate",
@@ -29,7 +29,8 @@ LABELS = {"total_return": "total return", "cagr": "CAGR", "sharpe": "Sharpe", "s
           "annual_volatility": "annual volatility", "max_drawdown_duration": "max DD duration (sessions)",
           "skew": "skew", "kurtosis": "excess kurtosis", "var_95": "daily VaR 95%", "cvar_95": "daily CVaR 95%",
           "turnover": "turnover (x capital/session)", "avg_holding_bars": "avg holding (bars)",
-          "cost_to_gross_pnl": "costs / gross PnL"}
+          "cost_to_gross_pnl": "costs / gross PnL", "mean_episode_return": "mean episode return",
+          "mean_max_drawdown": "mean max drawdown"}
 
 
 def fmt(key: str, value) -> str:
