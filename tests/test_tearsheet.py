@@ -108,7 +108,7 @@ def test_expert_and_adaptation_sections(results, tmp_path):
         record = {"before": dict(main.metrics), "after": dict(baselines[0].metrics), "split": "val",
                   "symbol": "NIFTY_15", "steps": 3, "source_model": "m.pth"}
         ck = StageCheckpointer(tmp_path / "orbax", keep=1)
-        ck.save(3, {"params": params}, {"stage": "adapted", "network": export.network_config(network, 20),
+        ck.save(3, {"params": params}, {"stage": "adapted", "network": export.network_config(network, len(E.OBS_NAMES)),
                                         "record": record})
         ck.close()
         extras = T.model_extras(tmp_path / "orbax", market, params_env, "all")
