@@ -78,6 +78,10 @@ def main(argv) -> int:
     max_lots = F.max_lots or int(env.get("max_lots") or ((policy.num_actions or 3) - 1) // 2)
     overnight = bool(env.get("allow_overnight"))
     scaler = market.scaler if F.scaler == "data" else None
+    if scaler is None and not isinstance((policy.config or {}).get("scaler"), dict):
+        print(f"note: {Path(F.model).name} records no feature scaling (an Orbax checkpoint): using "
+              f"{market.symbol}'s training split, as --scaler data would")
+        scaler = market.scaler
     live = LivePolicy.load(policy, bar_minutes=market.bar_minutes, symbol=market.symbol, scaler=scaler,
                            lot_size=lot_size, initial_capital=capital, max_lots=max_lots, slippage_ticks=slippage,
                            allow_overnight=overnight)

@@ -201,9 +201,9 @@ def _cli(args, timeout=300):
 def test_replay_cli_agrees_and_refuses_bad_bars(market_dir, tmp_path):
     out = tmp_path / "replay.csv"
     r = _cli(["--model", str(market_dir / "model"), "--processed_data_dir", str(market_dir / "processed"),
-              "--symbol", SYMBOL, "--scaler", "data", "--output", str(out)])
+              "--symbol", SYMBOL, "--output", str(out)])
     assert r.returncode == 0, r.stderr
-    assert "decisions equal the backtester's on all" in r.stdout
+    assert "decisions equal the backtester's on all" in r.stdout and "records no feature scaling" in r.stdout
     rows = out.read_text().splitlines()
     lo, hi = D.split_sessions(30)["test"]
     assert rows[0] == "timestamp,open,high,low,close,target,backtest_target" and len(rows) == 1 + (hi - lo) * 75
