@@ -198,6 +198,8 @@ def test_sequence_writes_models_summary_and_report(market_dir):
     report = (tmp / "reports" / "t_report.txt").read_text()
     assert "NIFTY_5" in report and "Seed guide targets" in report
     assert (tmp / "reports" / "NIFTY_5" / "equity.parquet").exists()
+    assert (tmp / "reports" / "NIFTY_5" / "daily_returns.csv").exists()
+    assert "Monthly returns" in (tmp / "reports" / "NIFTY_5" / "tearsheet.html").read_text()
     skip_pth_part_without_torch()
     assert (models / "NIFTY_5_ppo_stage1.pth").exists() and (models / "NIFTY_5_final_model.pth").exists()
 
@@ -305,6 +307,8 @@ def test_three_stages_end_to_end(market_dir):
     assert final["stage"] == ranked[0] and Path(final["checkpoint"]).name == ranked[0]
     report = (tmp / "reports" / "t_report.txt").read_text()
     assert "Expert leading each market condition" in report and "maml" in report
+    sheet = (tmp / "reports" / "NIFTY_5" / "tearsheet.html").read_text()
+    assert "Expert by market regime" in sheet and "MAML adaptation: before and after" in sheet
     skip_pth_part_without_torch()
     for name in ("ppo_stage1", "moe_stage2", "maml_stage3_final", "final_model"):
         assert (models / f"NIFTY_5_{name}.pth").exists(), name
