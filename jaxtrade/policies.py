@@ -6,8 +6,9 @@ backtest is deterministic; only the `random` baseline uses `key` (the backtester
 
 Baselines by name (`make_baseline`): `flat`, `buy_and_hold`, `random`, `momentum` (`momentum_N` for another
 horizon N of `features.RETURN_HORIZONS`). Trained models: `policy_from_logits` (a Flax/JAX apply function),
-`torch_policy` (a PyTorch module through `jax.pure_callback`), `find_model` (the seed's loading priority) and
-`load_policy` (a `.pth` file or an Orbax directory, through `jaxtrade.export` / `jaxtrade.checkpoints`).
+`torch_policy` (a PyTorch module through `jax.pure_callback`) and `load_policy` (a `.pth` file or an Orbax
+directory, through `jaxtrade.export` / `jaxtrade.checkpoints`). Which model a backtest loads (the loading priority)
+is `jaxtrade.checkpoints.find_model`.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ ActFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 BASELINES = ("flat", "buy_and_hold", "random", "momentum")
 DEFAULT_MOMENTUM_HORIZON = 15
-# Loading priority of the seed guide: production, MAML, MoE, PPO.
-MODEL_SUFFIXES = ("_final_model.pth", "_maml_stage3_final.pth", "_moe_stage2.pth", "_ppo_stage1.pth")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,21 +174,6 @@ def torch_policy(module: Any, name: str, source: str | None = None) -> Policy:
                                  vmap_method="broadcast_all")
 
     return Policy(name, act, source=source, description="greedy (argmax) PyTorch policy on the host")
-
-
-def find_model(checkpoint_dir, symbol: str) -> Path | None:
-    """The model the seed's backtester would load for `symbol`: `{checkpoint_dir}/*/models/{symbol}{suffix}`
-    for suffix in final -> maml stage 3 -> moe stage 2 -> ppo stage 1; within one suffix the newest run
-    (file modification time, then run name) first. None when there is none."""
-    root = Path(checkpoint_dir)
-    if not root.is_dir():
-        return None
-    for suffix in MODEL_SUFFIXES:
-        found = [p for p in root.glob(f"*/models/{symbol}{suffix}") if p.is_file()]
-        if found:
-            found.sort(key=lambda p: (p.stat().st_mtime, p.parent.parent.name), reverse=True)
-            return found[0]
-    return None
 
 
 def training_env(config: Any) -> dict | None:

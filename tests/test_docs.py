@@ -46,7 +46,7 @@ def test_metrics_columns_and_model_names_are_documented():
     from jaxtrade.backtest import EQUITY_COLUMNS, TRADE_COLUMNS
     from jaxtrade.features import FEATURE_NAMES
     from jaxtrade.metrics import METRIC_KEYS
-    from jaxtrade.policies import MODEL_SUFFIXES
+    from jaxtrade.checkpoints import MODEL_FILES
 
     metrics = (DOCS / "metrics.md").read_text()
     assert [k for k in METRIC_KEYS if f"`{k}`" not in metrics] == []
@@ -55,7 +55,7 @@ def test_metrics_columns_and_model_names_are_documented():
     data = (DOCS / "data.md").read_text()
     assert [f for f in FEATURE_NAMES if f"`{f}`" not in data] == []
     models = (DOCS / "models.md").read_text()
-    assert [s for s in MODEL_SUFFIXES if s not in models] == []
+    assert [n for n in MODEL_FILES.values() if f"_{n}.pth" not in models] == []
 
 
 @pytest.mark.parametrize("page", ["README.md", "BUILD.md", *(f"docs/{p.name}" for p in sorted(DOCS.glob("*.md")))])
