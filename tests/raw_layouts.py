@@ -15,6 +15,17 @@ from hypothesis import strategies as st
 NS = 10**9
 IST_OFFSET_NS = 19_800 * NS
 OPEN_MIN = 9 * 60 + 15
+# small hand-written files, for the tests that need one file spelled out
+SEED = (b",datetime,open,high,low,close,volume\n"
+        b"0,1736480700,100.00,101.00,99.50,100.50,0\n"
+        b"1,1736480820,100.50,102.00,100.00,101.50,0\n"
+        b"2,1736480940,101.50,102.50,101.00,102.00,0\n")
+PANDAS = (b"Datetime,Open,High,Low,Close,Adj Close,Volume\n"
+          b"2024-01-05 09:15:00,47.91,55.58,47.91,52.73,52.73,298\n"
+          b"2024-01-05 09:16:00,48.77,52.65,47.98,50.00,50.00,0\n")
+VENDOR = (b"NIFTY,20240229,09:16,51.09,51.16,51.09,51.16,0,0\n"
+          b"NIFTY,20240229,09:17,48.38,53.92,48.38,51.65,0,0\n"
+          b"NIFTY,20240229,09:18,50.00,50.50,49.00,49.50,10,0\n")
 WEEKDAYS = [d for d in np.arange(np.datetime64("2024-01-01"), np.datetime64("2025-12-31"))
             if d.astype("datetime64[D]").item().weekday() < 5]
 
@@ -83,7 +94,7 @@ class TextFile:
         text = self.newline.join(lines) + (self.newline if self.final_newline else "")
         if self.encoding == "utf-16-be-bom":
             return b"\xfe\xff" + text.encode("utf-16-be")
-        return text.encode(self.encoding)
+        return text.encode(self.encoding, "replace")   # latin-1: what it cannot hold becomes "?"
 
 
 @dataclass
