@@ -5,8 +5,12 @@ nanoseconds), with the 1-based row number of every row (the line number in a tex
 Parquet file) so that errors can name the row. Everything is vectorised (pyarrow.compute / numpy); Python
 loops over rows happen only while building an error message.
 
-Errors raise `FileError(path, message, row=None)`; `symbols` on the error says which symbols the file held
-where that could be told (a bad vendor file fails every symbol in it).
+Text files are UTF-8 (a byte-order mark dropped) or UTF-16 with its byte-order mark; anything else, and files
+of other types under a text name (Parquet, gzip, ZIP/Excel, images), is an error naming the line or the type.
+Timestamps are read by `data_tools.timestamps`.
+
+Errors raise `FileError(path, message, row=None)` (`data_tools.errors`); `symbols` on the error says which
+symbols the file held where that could be told (a bad vendor file fails every symbol in it).
 
 `RawChunk.ts_info` says how the timestamps were read, for the summary: `naive_tz` (the zone that timestamps
 without one were read in, when there were such), `date_layout` (`DD/MM/YYYY` and the like, for day/month dates

@@ -30,7 +30,6 @@ WEEKDAYS = [d for d in np.arange(np.datetime64("2024-01-01"), np.datetime64("202
             if d.astype("datetime64[D]").item().weekday() < 5]
 
 
-
 @dataclass
 class Bars:
     """Bars of one symbol: start times (IST wall clock, as datetime64[m]) and price strings."""

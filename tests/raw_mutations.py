@@ -1,21 +1,18 @@
-"""Mutations of the valid raw files of `raw_fuzz` (see its docstring): hypothesis strategies that draw a
-`Mutant`, a file's name and bytes with what the command must do with them."""
+"""Mutations of the valid raw files of `tests/raw_layouts.py` (see `tests/raw_fuzz.py`): hypothesis strategies
+that draw a `Mutant`, a file's name and bytes with what the command must do with them."""
 
 from __future__ import annotations
 
 import copy
-import gzip
-import io
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from hypothesis import strategies as st
 
 from tests.raw_layouts import LAYOUTS, NS, ParquetFile, TextFile
+from tests.raw_tokens import FIELD_TEXT, NUMBER_BAD, WRONG_TYPES, Mutator, apply_bytes, iso_bad, iso_odd, tokens
 
 
 @dataclass
@@ -34,91 +31,15 @@ class Mutant:
                 f"data={self.data!r})")
 
 
-# --------------------------------------------------------------------------------------- field tokens
-
-NUMBER_BAD = ["", "abc", "nan", "NaN", "inf", "-inf", "Infinity", "1e400", "-1e400", "-5", "-0.01", "100.5.5",
-              "0x1A", "1_000", "\u0661\u0662\u0663", "--1", "1e", "N/A", "null", "#N/A", "1 2"]
-PRICE_BAD = NUMBER_BAD + ["0", "0.0", "-0"]
-VOLUME_BAD = ["abc", "inf", "-inf", "1e400", "-1", "-0.5", "100.5.5", "1_000", "\u0661\u0662\u0663"]
-NUMBER_ODD = ["1e308", "1e-300", "+100", "100.", ".5", "1E2", " 100 ", "0.0001", "99999999999", "1e18"]
-FIELD_TEXT = st.text(alphabet="0123456789:-/. +eEnaTZ\"',;\t\u00e9", max_size=12)
-
-
-def _iso_bad(s: str) -> list[str]:
-    """Impossible date/time variants of an ISO `YYYY-MM-DD HH:MM:SS[zone]` string."""
-    return [s[:5] + "13" + s[7:], "2024-02-30" + s[10:], "2023-02-29" + s[10:], s[:5] + "00" + s[7:],
-            s[:8] + "32" + s[10:], "0000" + s[4:], s[:11] + "99" + s[13:], s[:11] + "24" + s[13:],
-            s[:14] + "61" + s[16:], s[:17] + "60" + s[19:], s[:19] + "+99:99", s[:19] + "+25:00", "", "NaT",
-            s[:19] + " IST", "1/8/24 09:15"]
-
-
-def _iso_odd(s: str) -> list[str]:
-    return [s[:10], s[:16], s[:19] + "Z", s[:19] + "+0530", s[:19] + ".5" + s[19:], s.replace(" ", "T"),
-            "9999-12-31 23:59:59", "1969-12-31 23:59:59", "2262-04-12 00:00:00"]
-
-
-def _epoch_bad(s: str) -> list[str]:
-    return ["", "abc", "nan", "inf", "1e30", "99999999999999999999", "-1e30", str(int(s) * 1000), "-1",
-            "-1736480700", str(int(s) * 10**9) + "0"]
-
-
-def _epoch_odd(s: str) -> list[str]:
-    return ["0", s + ".5", str(int(s) + 30), s + ".0", str(int(s) * 1000) + ".0", " " + s, "1e9"]
-
-
-DATE8_BAD = ["20241302", "20240230", "20230229", "20240100", "20240132", "00000102", "", "2024010", "202401021",
-             "99999999", "2024 01 02"]
-HHMM_BAD = ["99:16", "24:00", "09:60", "", "-1:00", "09:16:99", "9", "0916x"]
-TIME_BAD = ["25:00:00", "09:61:00", "09:15:60", "", "24:00:00"]
-
-
-def _tokens(role: str, orig: str) -> tuple[list, list]:
-    """(surely bad tokens, odd but maybe valid ones) for a field of `role` holding `orig`."""
-    if role in ("open", "high", "low", "close"):
-        return PRICE_BAD, NUMBER_ODD + [orig + "0", "-" + orig]
-    if role == "volume":
-        return VOLUME_BAD, NUMBER_ODD + ["", "nan", "0"]
-    if role == "datetime" and orig.lstrip("-").isdigit():
-        return _epoch_bad(orig), _epoch_odd(orig)
-    if role == "datetime":
-        return _iso_bad(orig), _iso_odd(orig)
-    if role == "date" and len(orig) == 8:
-        return DATE8_BAD, ["2024-01-02", "02/01/2024", "20240102 "]
-    if role == "date":
-        return [orig[:5] + "13" + orig[7:], orig[:8] + "31" if orig[5:7] in ("02", "04") else "2024-02-30", ""], \
-            [orig.replace("-", "/"), orig[8:] + "-" + orig[5:7] + "-" + orig[:4]]
-    if role == "time" and len(orig) == 5:
-        return HHMM_BAD, ["9:16", "09:16:00", "0916"]
-    if role == "time":
-        return TIME_BAD, [orig[:5], "9" + orig[2:]]
-    if role == "symbol":
-        return ["", "  "], ["nifty", "NIFTY ", "BANKNIFTY", "NIFTY\u00e9", "X"]
-    return [], ["", "abc", "1e400", "\u00e9"]
-
-
 # ---------------------------------------------------------------------------------- text mutations
 
-class TextMutator:
-    """Draws mutations of a `TextFile`; each records its description, whether it keeps the file's meaning and
-    the line a single planted error must be reported at."""
 
-    def __init__(self, draw, f: TextFile):
-        self.draw, self.f = draw, f
-        self.ops: list[str] = []
-        self.preserving = True
-        self.blames: list = []          # one entry per mutation: a line number or None
-        self.byte_ops: list = []
-        self.replacement: Optional[bytes] = None
-        self.symbol_column = False
+class TextMutator(Mutator):
+    """Draws mutations of a `TextFile`."""
 
     # -- helpers
     def _data_rows(self) -> list[int]:
         return [i for i, r in enumerate(self.f.rows) if isinstance(r, list)]
-
-    def _note(self, desc: str, preserving: bool = False, blame: Optional[int] = None) -> None:
-        self.ops.append(desc)
-        self.preserving &= preserving
-        self.blames.append(blame)
 
     @property
     def has_header(self) -> bool:
@@ -133,7 +54,7 @@ class TextMutator:
         row = self.f.rows[r]
         k = self.draw(st.integers(0, len(row) - 1))
         role = self.f.roles[k] if k < len(self.f.roles) else "extra"
-        bad, odd = _tokens(role, row[k])
+        bad, odd = tokens(role, row[k])
         which = self.draw(st.sampled_from(["bad", "bad", "odd", "text"] if bad else ["odd", "text"]))
         if which == "text":
             tok = self.draw(FIELD_TEXT)
@@ -359,81 +280,18 @@ class TextMutator:
         else:
             self._note(f"encoding {enc}", preserving=enc != "utf-16-le")
 
-    # -- bytes
-    def bytes_op(self):
-        kind = self.draw(st.sampled_from(["flip", "set", "delete", "insert", "cut", "append"]))
-        pos = self.draw(st.floats(0, 1, exclude_max=True))
-        arg = {"flip": lambda: self.draw(st.integers(0, 7)), "set": lambda: self.draw(st.integers(0, 255)),
-               "delete": lambda: self.draw(st.integers(1, 8)),
-               "insert": lambda: self.draw(st.sampled_from([b"\x00", b"\r", b'"', b",", b"\n", b"\xff", b"\xe9",
-                                                             b"\x00\x00", b"'", b"\\"]) | st.binary(min_size=1, max_size=4)),
-               "cut": lambda: None, "append": lambda: self.draw(st.binary(min_size=1, max_size=8))}[kind]()
-        self.byte_ops.append((kind, pos, arg))
-        self._note(f"bytes: {kind} at {pos:.3f} ({arg!r})")
-
-    def wrong_type(self):
-        self.replacement = self.draw(st.sampled_from(list(WRONG_TYPES)))
-        self._note(f"replaced by {self.replacement}")
-
 
 TEXT_OPS = [
-    "set_field", "set_field", "set_field", "set_field", "set_field", "set_float", "shift_zone", "mixed_epoch_units", "drop_column",
-    "add_column", "swap_columns", "header_case", "ragged_row", "delete_row", "duplicate_row", "shuffle_rows",
-    "blank_line", "truncate_last", "repeat_header", "delete_header", "line_endings", "delimiter", "quote", "pad",
-    "encoding", "bytes_op", "bytes_op", "wrong_type"]
-
-
-def apply_bytes(data: bytes, ops: list) -> bytes:
-    for kind, pos, arg in ops:
-        i = int(pos * len(data)) if data else 0
-        if kind == "flip" and data:
-            data = data[:i] + bytes([data[i] ^ (1 << arg)]) + data[i + 1:]
-        elif kind == "set" and data:
-            data = data[:i] + bytes([arg]) + data[i + 1:]
-        elif kind == "delete":
-            data = data[:i] + data[i + arg:]
-        elif kind == "insert":
-            data = data[:i] + arg + data[i:]
-        elif kind == "cut":
-            data = data[:i]
-        elif kind == "append":
-            data = data + arg
-    return data
-
-
-def _parquet_bytes() -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(pa.table({"timestamp": pa.array([1736480700 * NS], pa.timestamp("ns", tz="UTC")),
-                             "open": [1.0], "high": [1.0], "low": [1.0], "close": [1.0]}), buf)
-    return buf.getvalue()
-
-
-GOOD_TEXT = b"datetime,open,high,low,close\n2025-01-10 09:15,1,2,1,1\n2025-01-10 09:16,1,2,1,1\n"
-WRONG_TYPES = {
-    "parquet": _parquet_bytes(), "gzip": gzip.compress(GOOD_TEXT, mtime=0),
-    "zip": b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + bytes(20) + b"[Content_Types].xml",
-    "png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(13),
-    "html": b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head><body>Not Found</body></html>\n",
-    "json": b'{"datetime": [1736480700], "open": [1], "high": [1], "low": [1], "close": [1]}\n',
-    "empty": b"", "whitespace": b"  \n\n\t\n", "nul": bytes(64), "text": GOOD_TEXT, "random": bytes(range(256)),
-}
+    "set_field", "set_field", "set_field", "set_field", "set_field", "set_float", "shift_zone", "mixed_epoch_units",
+    "drop_column", "add_column", "swap_columns", "header_case", "ragged_row", "delete_row", "duplicate_row",
+    "shuffle_rows", "blank_line", "truncate_last", "repeat_header", "delete_header", "line_endings", "delimiter",
+    "quote", "pad", "encoding", "bytes_op", "bytes_op", "wrong_type"]
 
 
 # --------------------------------------------------------------------------------- Parquet mutations
 
-class ParquetMutator:
-    def __init__(self, draw, f: ParquetFile):
-        self.draw, self.f = draw, f
-        self.ops: list[str] = []
-        self.preserving = True
-        self.blames: list = []
-        self.byte_ops: list = []
-        self.replacement: Optional[bytes] = None
-        self.symbol_column = False
-
-    _note = TextMutator._note
-    bytes_op = TextMutator.bytes_op
-    wrong_type = TextMutator.wrong_type
+class ParquetMutator(Mutator):
+    """Draws mutations of a `ParquetFile`."""
 
     def _col(self, name):
         for i, (n, _) in enumerate(self.f.columns):
@@ -476,7 +334,7 @@ class ParquetMutator:
         elif not pa.types.is_string(t):
             return self._note(f"column {name} of type {t} left alone")
         else:                                     # ISO strings
-            values[r] = self.draw(st.sampled_from(_iso_bad(values[r]) if pick == "bad" else _iso_odd(values[r])))
+            values[r] = self.draw(st.sampled_from(iso_bad(values[r]) if pick == "bad" else iso_odd(values[r])))
             arr = pa.array(values, pa.string())
         self.f.columns[i] = (name, arr)
         self._note(f"row {r + 1} {name} -> {values[r]!r}", blame=r + 1 if pick == "bad" else None,
@@ -503,9 +361,13 @@ class ParquetMutator:
         name, arr = self.f.columns[i]
         if not pa.types.is_timestamp(arr.type) or arr.type.tz is None:
             return self._note("timestamp type kept", preserving=True)
-        ns = arr.cast(pa.int64()).to_numpy(zero_copy_only=False)
         if arr.null_count:
             return self._note("timestamp type kept")
+        try:
+            arr = arr.cast(pa.timestamp("ns", tz=arr.type.tz))
+        except pa.ArrowInvalid:          # out of the ns range (a planted bad value)
+            return self._note("timestamp type kept")
+        ns = arr.cast(pa.int64()).to_numpy(zero_copy_only=False)
         kind = self.draw(st.sampled_from(["ms", "s", "float", "ist", "us", "text"]))
         new = {"ms": lambda: pa.array(ns // 10**6), "s": lambda: pa.array(ns // NS),
                "float": lambda: pa.array(ns / NS), "ist": lambda: arr.cast(pa.timestamp("ns", tz="Asia/Kolkata")),
