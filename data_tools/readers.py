@@ -262,7 +262,9 @@ def _as_utf8(data: bytes, display: str) -> bytes:
     except UnicodeDecodeError as e:
         raise FileError(display, f"not UTF-8 text (byte 0x{data[e.start]:02X}): save the file as UTF-8",
                         row=_line_of(data, e.start)) from None
-    return _WHITESPACE_LINE.sub(b"", data)
+    if data[:1] in (b" ", b"\t", b"\f", b"\v") or any(b"\n" + c in data for c in (b" ", b"\t", b"\f", b"\v")):
+        data = _WHITESPACE_LINE.sub(b"", data)     # (rare: the regex scans every position)
+    return data
 
 
 def _to_float(col: pa.ChunkedArray | pa.Array, name: str, path, rows: np.ndarray) -> np.ndarray:
@@ -394,7 +396,7 @@ def _vendor_symbols(data: bytes) -> Optional[list]:
 
 def _read_text(data: bytes, path: Path, display: str, tz: str, date_order: str) -> RawChunk:
     data = _as_utf8(data, display)
-    if b"\r" in data:  # a lone CR ends a line for pyarrow: make it one for the line numbers too
+    if data.count(b"\r") != data.count(b"\r\n"):  # a lone CR ends a line for pyarrow: for line numbers too
         data = re.sub(rb"\r(?!\n)", b"\n", data)
     text_head = data[:65536].decode("utf-8", "replace")
     line = _first_line(text_head)

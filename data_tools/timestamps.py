@@ -150,10 +150,9 @@ def _format_regex(fmt: str) -> str:
     return "^" + out.replace(r"\ ", r"\s+") + "$"
 
 
-def _read_format(s: pa.Array, fmt: str) -> tuple[pa.Array, np.ndarray, np.ndarray]:
-    """Parse `s` with `fmt`. Returns (parsed, ok, impossible): `ok` where the text has the layout and its
-    fields are a real date and time, `impossible` where it has the layout but not a real date or time."""
-    parsed = pc.strptime(s, format=fmt, unit="s", error_is_null=True)
+def _fields_agree(s: pa.Array, fmt: str, parsed: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(shaped, same): where `s` has the layout of `fmt` (by a regular expression), and where the fields it
+    writes equal those of `parsed`."""
     pattern = _format_regex(fmt)
     fields = pc.extract_regex(s, pattern)
     shaped_arr = pc.is_valid(fields)
@@ -161,13 +160,36 @@ def _read_format(s: pa.Array, fmt: str) -> tuple[pa.Array, np.ndarray, np.ndarra
     same = shaped.copy()
     if shaped.any():
         for name, getter in _FIELDS.items():
-            if f"(?P<{name}>" not in pattern:
-                continue
-            text = pc.cast(pc.if_else(shaped_arr, fields.field(name), "0"), pa.int64())
-            got = pc.fill_null(getter(parsed), -1)
-            same &= _np(pc.equal(text, got)).astype(bool)
+            if f"(?P<{name}>" in pattern:
+                text = pc.cast(pc.if_else(shaped_arr, fields.field(name), "0"), pa.int64())
+                same &= _np(pc.equal(text, pc.fill_null(getter(parsed), -1))).astype(bool)
+    return shaped, same
+
+
+def _read_format(s: pa.Array, fmt: str, everything: bool = False):
+    """Parse `s` with `fmt`. Returns (parsed, ok, impossible): `ok` where the text has the layout and its
+    fields are a real date and time, `impossible` (None unless `everything`, for error messages) where it has
+    the layout but not a real date or time.
+
+    strptime checks each field's range (day 1-31, second 0-60) and then normalises, so only two things roll
+    over: day 29-31 past the month's end (-> day 1-3 of the next month) and second 60 (-> second 0). Only
+    rows that could be such are checked field by field against the text."""
+    parsed = pc.strptime(s, format=fmt, unit="s", error_is_null=True)
     read = _np(pc.is_valid(parsed)).astype(bool)
-    return parsed, read & same, shaped & ~(read & same)
+    if everything:
+        shaped, same = _fields_agree(s, fmt, parsed)
+        ok = read & same
+        return parsed, ok, shaped & ~ok
+    if not read.all():
+        return parsed, read, None
+    suspect = _np(pc.less_equal(pc.day(parsed), 3)).astype(bool)
+    if "%S" in fmt:
+        suspect |= _np(pc.equal(pc.second(parsed), 0)).astype(bool)
+    ok = np.ones(len(s), bool)
+    if suspect.any():
+        idx = pa.array(np.flatnonzero(suspect))
+        ok[idx.to_numpy()] = _fields_agree(s.take(idx), fmt, parsed.take(idx))[1]
+    return parsed, ok, None
 
 
 # --------------------------------------------------------------------------------------------- text
@@ -194,10 +216,9 @@ def parse_time_strings(s: pa.Array, tz: str, path, rows: np.ndarray, what: str, 
     if iso.all():
         return _iso_to_utc(s, m, tz, path, rows, what, info)
     # not one layout for every row: the layout that reads most rows names the first row it cannot read
-    candidates = [("an epoch number", numeric, None), ("ISO", iso, None)]
     formats = fallback_formats(date_order)
     for fmt in formats:
-        parsed, ok, impossible = _read_format(s, fmt)
+        parsed, ok, _ = _read_format(s, fmt)
         if ok.all():
             _note_dates(info, fmt, parsed)
             if info is not None:
@@ -205,7 +226,8 @@ def parse_time_strings(s: pa.Array, tz: str, path, rows: np.ndarray, what: str, 
             secs = _np(pc.cast(parsed, pa.int64())).astype(np.int64)
             check_seconds(secs.astype(np.float64), path, rows, lambda i: repr(s[i].as_py()), what)
             return naive_ns_to_utc(secs * NS_PER_S, tz)
-        candidates.append((date_layout(fmt), ok, impossible))
+    candidates = [("an epoch number", numeric, None), ("ISO", iso, None)]
+    candidates += [(date_layout(fmt),) + _read_format(s, fmt, everything=True)[1:] for fmt in formats]
     _, ok, impossible = max(candidates, key=lambda c: int(c[1].sum()))
     i = int(np.flatnonzero(~ok)[0])
     if impossible is not None and impossible[i]:
