@@ -116,10 +116,11 @@ def peek_symbol_column(path: Path) -> Optional[bool]:
         line = _first_line(_head_text(head))
         if line is None:
             return False
-        fields = _split_line(line)
+        delim = _delimiter(line)
+        fields = _split_line(line, delim)
         if _is_header(fields):
             return "symbol" in [c.strip().lower() for c in fields]
-        return _headerless_layout(fields) == "vendor"
+        return _headerless(_head_text(head), delim)[0] == "vendor"
     except Exception:  # noqa: BLE001 - reading it properly will report the problem
         return None
 
@@ -181,6 +182,30 @@ def _headerless_layout(fields: list[str]) -> Optional[str]:
     if len(f) >= 6 and _DATE8.match(f[0]) and _HHMM.match(f[1]):
         return "vendor_nosym"      # YYYYMMDD,HH:MM,O,H,L,C[,V[,OI]]
     return None
+
+
+def _headerless(text: str, delimiter: str, lines: int = 10) -> tuple[Optional[str], list[str]]:
+    """The headerless layout most of the first `lines` non-blank lines have (one bad first line must not hide
+    the layout: the row then fails by itself), and the fields of the first line that has it."""
+    votes: dict = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            fields = _split_line(line, delimiter)
+        except csv.Error:
+            fields = []
+        layout = _headerless_layout(fields)
+        if layout is not None:
+            count, first = votes.get(layout, (0, fields))
+            votes[layout] = (count + 1, first)
+        lines -= 1
+        if lines == 0:
+            break
+    if not votes:
+        return None, []
+    layout = max(votes, key=lambda k: votes[k][0])
+    return layout, votes[layout][1]
 
 
 def _salvage_symbols(data: bytes, delimiter: str = ",") -> Optional[list]:
@@ -380,16 +405,13 @@ def read_text(path: Path, display: str, tz: str, date_order: str = "dmy") -> Raw
 
 
 def _vendor_symbols(data: bytes) -> Optional[list]:
-    """Error path only: the symbols of a file whose first line has the headerless vendor layout."""
+    """Error path only: the symbols of a file in the headerless vendor layout."""
     text = _head_text(data)
     line = _first_line(text[:65536])
     if line is None:
         return None
     delim = _delimiter(line)
-    try:
-        if _headerless_layout(_split_line(line, delim)) != "vendor":
-            return None
-    except csv.Error:
+    if _headerless(text[:65536], delim)[0] != "vendor":
         return None
     return _salvage_symbols(text.encode("utf-8", "replace"), delim) or None
 
@@ -417,9 +439,9 @@ def _read_text(data: bytes, path: Path, display: str, tz: str, date_order: str) 
         names = [f.strip() for f in fields]
         header_lines = 1
     else:
-        layout = _headerless_layout(fields)
+        layout, fields = _headerless(text_head, delim)
         if layout is None:
-            raise FileError(display, f"no header line, and the first line is not the vendor layout "
+            raise FileError(display, f"no header line, and the first lines are not the vendor layout "
                                      f"{VENDOR_LAYOUT}")
         base = ["symbol", "date", "time"] if layout == "vendor" else ["date", "time"]
         extra = ["open", "high", "low", "close", "volume", "oi"]

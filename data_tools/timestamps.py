@@ -144,10 +144,14 @@ def _note_dates(info: Optional[dict], fmt: str, parsed: pa.Array) -> None:
 
 
 def _format_regex(fmt: str) -> str:
-    out = re.escape(fmt)
-    for d, r in _DIRECTIVES.items():
-        out = out.replace(re.escape(d), r)
-    return "^" + out.replace(r"\ ", r"\s+") + "$"
+    """A regular expression with a named group per field of `fmt` (a compact YYYYMMDD date: fixed widths)."""
+    def directives(part: str) -> str:
+        out = re.escape(part)
+        for d, r in _DIRECTIVES.items():
+            out = out.replace(re.escape(d), r)
+        return out.replace(r"\ ", r"\s+")
+    compact = r"(?P<Y>\d{4})(?P<m>\d{2})(?P<d>\d{2})"
+    return "^" + compact.join(directives(part) for part in fmt.split("%Y%m%d")) + "$"
 
 
 def _fields_agree(s: pa.Array, fmt: str, parsed: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -172,8 +176,9 @@ def _read_format(s: pa.Array, fmt: str, everything: bool = False):
     the layout but not a real date or time.
 
     strptime checks each field's range (day 1-31, second 0-60) and then normalises, so only two things roll
-    over: day 29-31 past the month's end (-> day 1-3 of the next month) and second 60 (-> second 0). Only
-    rows that could be such are checked field by field against the text."""
+    over: day 29-31 past the month's end (-> day 1-3 of the next month) and second 60 (-> second 0); and it
+    takes fewer digits than a compact YYYYMMDD date has. Only rows that could be such are checked field by
+    field against the text."""
     parsed = pc.strptime(s, format=fmt, unit="s", error_is_null=True)
     read = _np(pc.is_valid(parsed)).astype(bool)
     if everything:
@@ -183,6 +188,8 @@ def _read_format(s: pa.Array, fmt: str, everything: bool = False):
     if not read.all():
         return parsed, read, None
     suspect = _np(pc.less_equal(pc.day(parsed), 3)).astype(bool)
+    if fmt.startswith("%Y%m%d"):       # strptime reads 2024022 as 2024-02-02: the date must be 8 digits
+        suspect |= _np(pc.not_equal(pc.find_substring(s, " "), 8)).astype(bool)
     if "%S" in fmt:
         suspect |= _np(pc.equal(pc.second(parsed), 0)).astype(bool)
     ok = np.ones(len(s), bool)

@@ -81,11 +81,20 @@ def test_vendor_file_with_a_header_and_february_30(tmp_path):
 @pytest.mark.parametrize("date,problem", [
     ("20240230", "is not a real date and time"),   # before: read as 2024-03-01, silently
     ("2024 01 02", "unparseable timestamp"),       # before: read as 2024-01-02, silently
+    ("2024022", "unparseable timestamp"),          # before: read as 2024-02-02, silently
     ("00000102", "is not in 1970-2199"),          # before: exit 1, "ArrowInvalid: ... out of bounds timestamp"
 ])
 def test_headerless_vendor_dates_are_not_rolled_over(tmp_path, date, problem):
     data = VENDOR.replace(b"20240229,09:17", date.encode() + b",09:17")
     assert_fails(tmp_path, "2024 FEB NIFTY.txt", data, "row 2:", problem, stale=["NIFTY"])
+
+
+@pytest.mark.parametrize("first", [b"NIFTY,,09:16", b"NIFTY,2024022,09:16", b"NIFTY,20240229,"])
+def test_a_bad_first_vendor_line_is_its_row(tmp_path, first):
+    """The layout comes from most of the first lines, not the first alone (before: "no header line, and the first
+    line is not the vendor layout", no row, and a stale NIFTY.parquet stayed)."""
+    data = VENDOR.replace(b"NIFTY,20240229,09:16", first, 1)
+    assert_fails(tmp_path, "2024 FEB NIFTY.txt", data, "2024 FEB NIFTY.txt row 1:", "timestamp", stale=["NIFTY"])
 
 
 def test_parquet_timestamp_out_of_range(tmp_path):
