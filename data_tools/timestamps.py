@@ -107,8 +107,16 @@ def _timestamp_to_ns(col: pa.Array, path, rows, what: str) -> np.ndarray:
     per_s = _PER_S[col.type.unit]
     ints = _np(pc.cast(col, pa.int64())).astype(np.int64)
     secs = ints / per_s
-    check_seconds(secs, path, rows, lambda i: repr(str(col[i].as_py())), what)
+    check_seconds(secs, path, rows, lambda i: _show(col, ints, i), what)
     return ints * (NS_PER_S // per_s)
+
+
+def _show(col: pa.Array, ints: np.ndarray, i: int) -> str:
+    """Row i of a timestamp column for a message (Python's datetime holds only years 1-9999)."""
+    try:
+        return repr(str(col[i].as_py()))
+    except (OverflowError, ValueError):
+        return f"{int(ints[i])} ({col.type.unit} since 1970-01-01)"
 
 
 def naive_ns_to_utc(wall_ns: np.ndarray, tz: str) -> np.ndarray:

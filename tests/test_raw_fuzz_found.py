@@ -97,11 +97,14 @@ def test_a_bad_first_vendor_line_is_its_row(tmp_path, first):
     assert_fails(tmp_path, "2024 FEB NIFTY.txt", data, "2024 FEB NIFTY.txt row 1:", "timestamp", stale=["NIFTY"])
 
 
-def test_parquet_timestamp_out_of_range(tmp_path):
-    """Year 1 in a timestamp[s] column (before: exit 1, 'would result in out of bounds timestamp')."""
+@pytest.mark.parametrize("seconds,tz", [
+    (-62135596800, "UTC"),            # year 1; before: exit 1, "ArrowInvalid: ... out of bounds timestamp"
+    (253402300799, "Asia/Kolkata"),   # 9999-12-31 23:59:59 UTC, year 10000 in IST; after the first fix: exit 1,
+])                                    # "OverflowError: date value out of range" while writing the message
+def test_parquet_timestamp_out_of_range(tmp_path, seconds, tz):
     buf = io.BytesIO()
     pq.write_table(pa.table({
-        "timestamp": pa.array([1736480700, -62135596800, 1736480820], pa.timestamp("s", tz="UTC")),
+        "timestamp": pa.array([1736480700, seconds, 1736480820], pa.timestamp("s", tz=tz)),
         "Open": [100.0] * 3, "High": [101.0] * 3, "Low": [99.0] * 3, "Close": [100.5] * 3}), buf)
     assert_fails(tmp_path, "PQDATA.parquet", buf.getvalue(), "PQDATA.parquet row 2:", "is not in 1970-2199")
 
