@@ -165,6 +165,7 @@ def load_market(processed_dir, symbol: str, *, split_fractions=DEFAULT_SPLIT_FRA
     if n == 0:
         raise InputError(f"{path}: no rows")
     ts = cols["timestamp"]
+    _check_prices(path, cols)
     if np.any(np.diff(ts.astype(np.int64)) <= 0):
         raise InputError(f"{path}: timestamps are not strictly increasing (re-run data_tools.process)")
     session_raw = cols["session"]
@@ -198,6 +199,19 @@ def load_market(processed_dir, symbol: str, *, split_fractions=DEFAULT_SPLIT_FRA
     return Market(symbol=str(meta.get("symbol", symbol)) if meta.get("symbol") == symbol else symbol,
                   bar_minutes=bar_minutes, data=data, timestamps=ts, minute_of_day=minutes_of_day,
                   session_dates=days[starts], splits=splits, scaler=scaler, metadata=meta, path=path)
+
+
+def _check_prices(path: Path, cols) -> None:
+    """Every price finite and positive (features take logs of them) and every volume finite and >= 0; else an
+    InputError naming the first bad row."""
+    checks = {k: np.isfinite(cols[k]) & (cols[k] > 0) for k in ("open", "high", "low", "close")}
+    checks["volume"] = np.isfinite(cols["volume"]) & (cols["volume"] >= 0)
+    ok = np.all(list(checks.values()), axis=0)
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        bad = ", ".join(f"{k}={float(cols[k][i])!r}" for k, good in checks.items() if not good[i])
+        raise InputError(f"{path}: row {i} ({str(cols['timestamp'][i])[:16]}): non-positive or non-finite value "
+                         f"({bad}); re-run data_tools.process on the raw file")
 
 
 def _infer_bar_minutes(ts: np.ndarray, session: np.ndarray) -> int:
