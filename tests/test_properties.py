@@ -21,7 +21,7 @@ from hypothesis.extra.numpy import arrays
 
 from jaxtrade import env
 from jaxtrade.contracts import TICK_SIZE
-from jaxtrade.costs import COST_MODELS, CostParams
+from jaxtrade.costs import COST_MODELS, CostParams, order_cost
 from tests import env_harness as H
 
 NUM_BARS, NUM_SESSIONS = 32, 4
@@ -76,6 +76,20 @@ def scenarios(draw, max_lots=None, named_costs=False, square_off=True, min_capit
         slippage_ticks=draw(st.floats(0.0, 4.0)), initial_capital=round(capital, 2),
         square_off=None if cutoff is None else f"{(555 + 5 * cutoff) // 60:02d}:{(555 + 5 * cutoff) % 60:02d}",
         allow_overnight=draw(st.booleans()))
+
+
+@given(explicit_costs, arrays(np.float64, 64, elements=st.integers(-500, 500).map(float)),
+       arrays(np.float64, 64, elements=st.floats(0.05, 100_000.0)))
+@H.examples(30)
+def test_order_costs_are_never_negative_and_match_the_rate_definitions(costs, qty, price):
+    """`costs.order_cost` on random orders (buys, sells, none) and non-negative rates: >= 0, zero without an
+    order, and equal to the rates written out in plain float64 (`env_harness.reference_order_cost`)."""
+    with jax.enable_x64(True):
+        got = np.asarray(order_cost(jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), costs),
+                                    jnp.asarray(qty), jnp.asarray(price)))
+    want = np.array([H.reference_order_cost(costs, q, p) for q, p in zip(qty, price)])
+    assert np.all(got >= 0) and np.all(got[qty == 0] == 0)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
 def _money_scale(sc: H.Scenario) -> float:
@@ -141,7 +155,8 @@ def test_flat_policy_never_trades_and_keeps_its_equity(sc, dtype):
         led = H.run_episode(H.scenario_params(market, sc), sc.actions)
     assert np.all(led["position"] == 0) and np.all(led["units"] == 0)
     assert np.all(led["costs"] == 0) and np.all(led["pnl"] == 0) and np.all(led["reward"] == 0)
-    assert np.all(led["cash"] == np.float32(sc.initial_capital) if dtype == "float32" else sc.initial_capital)
+    capital = np.asarray(sc.initial_capital, dtype)  # as the env stores it
+    assert led["cash"].dtype == capital.dtype and np.all(led["cash"] == capital)
     np.testing.assert_array_equal(led["equity"], led["cash"])
     assert led["num_trades"][-1] == 0 and led["total_costs"][-1] == 0 and led["max_drawdown"][-1] == 0
 
