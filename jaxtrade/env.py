@@ -9,7 +9,9 @@ position is marked to market at bar t+1's close. Intraday by default: a position
 last bar is squared off at that bar's close (plus slippage and costs), so every session ends flat; with a
 square-off time, bars from that time on force the target to flat (filled at their open). An episode is one or
 more whole sessions sampled from a split; `step` resets automatically when an episode ends, and `info` keeps
-the finished episode's statistics and its last observation.
+the finished episode's statistics and its last observation. An action outside [0, 2 max_lots] is clipped to
+the nearest target. An episode of a single one-bar session has no next bar: its one step stays on that bar,
+flat, and ends the episode (it never fills on the next session's bar).
 
 Money: PnL is computed as price differences times quantity (never as differences of large cash balances), so
 float32 training stays accurate; the backtester enables x64 and the same code runs in float64.

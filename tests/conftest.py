@@ -5,11 +5,15 @@ longer hunt on a workstation (a failure prints the `@reproduce_failure` blob to 
 
 import os
 
-from hypothesis import HealthCheck, settings
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # the dev extra brings hypothesis; without it only the property tests cannot run
+    settings = None
 
-_COMMON = dict(deadline=None, print_blob=True,
-               suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                      HealthCheck.data_too_large])
-settings.register_profile("ci", derandomize=True, database=None, **_COMMON)
-settings.register_profile("explore", derandomize=False, database=None, **_COMMON)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+if settings is not None:
+    _COMMON = dict(deadline=None, print_blob=True,
+                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                          HealthCheck.data_too_large])
+    settings.register_profile("ci", derandomize=True, database=None, **_COMMON)
+    settings.register_profile("explore", derandomize=False, database=None, **_COMMON)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
