@@ -87,12 +87,12 @@ def scenario_params(market: data.Market, scenario: Scenario, *, split: str = "al
 
 # ------------------------------------------------------------------------------------------ running
 
-_LEDGER = ("bar", "position", "fill_price", "costs", "pnl", "cash", "equity")
-_EPISODE = ("num_trades", "wins", "gross_profit", "gross_loss", "total_costs", "final_equity", "max_drawdown")
+LEDGER_FIELDS = ("bar", "position", "fill_price", "costs", "pnl", "cash", "equity")
+EPISODE_STATS = ("num_trades", "wins", "gross_profit", "gross_loss", "total_costs", "final_equity", "max_drawdown")
 
 
 def _step_record(state, new_state, reward, done, info):
-    rec = {k: info[k] for k in _LEDGER + _EPISODE}
+    rec = {k: info[k] for k in LEDGER_FIELDS + EPISODE_STATS}
     rec["episode_end"] = state.end  # the last bar of the episode this step belongs to
     # Units held after the bar (the state is already reset where done; a done bar always ends flat).
     rec["units"] = jnp.where(done, jnp.zeros_like(new_state.units), new_state.units)

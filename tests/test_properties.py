@@ -134,7 +134,7 @@ def test_money_matches_a_float64_replay(sc):
     d_equity = np.diff(np.r_[sc.initial_capital, ref["equity"]])
     np.testing.assert_allclose(led["reward"], d_equity / sc.initial_capital, rtol=1e-5, atol=1e-9)
     # The episode's statistics (read at done) against the replay's round trips.
-    end = {k: led[k][-1] for k in H._EPISODE}
+    end = {k: led[k][-1] for k in H.EPISODE_STATS}
     trips = ref["trips"]
     assert end["num_trades"] == len(trips)
     assert end["total_costs"] == pytest.approx(ref["costs"].sum(), rel=1e-12, abs=1e-9)
