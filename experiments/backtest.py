@@ -3,7 +3,7 @@
     python -m experiments.backtest [--process-data] [--raw-data-dir D] [--processed-data-dir D]
         [--symbols S ... | all] [--initial-capital X] [--report-file F] [--output-dir DIR]
         [--split train|val|test|all] [--policy NAME | --model PATH] [--cost-model M] [--slippage-ticks N]
-        [--lot-size N] [--allow-overnight] [--checkpoint-dir D]
+        [--lot-size N] [--allow-overnight] [--checkpoint-dir D] [--tearsheet] [--risk-free-rate R]
 
 With neither --model nor --policy each symbol's model is found by the seed's loading priority
 (`{checkpoint_dir}/*/models/{symbol}_final_model.pth`, then MAML, MoE, PPO stage files, newest run first);
@@ -62,6 +62,11 @@ def define_flags() -> None:
     define(flags.DEFINE_integer, "max_lots", 1, "Largest position in lots (actions -max_lots..max_lots).")
     define(flags.DEFINE_integer, "seed", 0, "Seed of the random baseline.")
     define(flags.DEFINE_boolean, "plots", True, "Write equity.png per symbol (needs matplotlib).")
+    define(flags.DEFINE_boolean, "tearsheet", False,
+           "Also write {output_dir}/{symbol}/tearsheet.html: one self-contained page of plots and tables "
+           "(plots need matplotlib).")
+    define(flags.DEFINE_float, "risk_free_rate", 0.0,
+           "Annual risk-free rate (0.065 = 6.5%) that Sharpe and Sortino subtract, per session compounded.")
 
 
 def _check_flags() -> None:
@@ -74,6 +79,9 @@ def _check_flags() -> None:
         raise InputError(f"--lot-size must be positive, got {F.lot_size:g}")
     if F.max_lots < 1:
         raise InputError(f"--max-lots must be >= 1, got {F.max_lots}")
+    if not -1.0 < F.risk_free_rate < 1.0:
+        raise InputError(f"--risk-free-rate: expected an annual rate as a fraction (0.065 for 6.5%), got "
+                         f"{F.risk_free_rate:g}")
     if F.model and F.policy:
         raise InputError("--model and --policy: give one of them, not both")
     if F.policy:
@@ -177,6 +185,17 @@ def _config_for(policy, config):
     return config, lines
 
 
+def _write_tearsheet(market, policy, config, main_result, baselines, path) -> list[str]:
+    """tearsheet.html for one symbol, with the expert-by-regime table of a mixture-of-experts model and the
+    before/after numbers of an adapted one when the model file gives them."""
+    from jaxtrade import backtest as B, tearsheet
+
+    extras = {}
+    if policy.source and Path(policy.source).exists():
+        extras = tearsheet.model_extras(policy.source, market, B.build_env(market, config)[0], config.split)
+    return tearsheet.write_tearsheet(main_result, baselines, path, plots=FLAGS.plots, **extras)
+
+
 def _replace_dir(src: Path, dst: Path) -> None:
     trash = None
     if dst.exists():
@@ -209,7 +228,8 @@ def main(argv) -> int:
     shared_model = P.load_policy(F.model) if F.model else None
     config = B.BacktestConfig(split=F.split, cost_model=F.cost_model, slippage_ticks=F.slippage_ticks,
                               lot_size=F.lot_size, allow_overnight=F.allow_overnight,
-                              initial_capital=F.initial_capital, max_lots=F.max_lots, seed=F.seed)
+                              initial_capital=F.initial_capital, max_lots=F.max_lots, seed=F.seed,
+                              risk_free_rate=F.risk_free_rate)
 
     out_dir = Path(F.output_dir)
     report_path = Path(F.report_file) if F.report_file else out_dir / "backtest_report.txt"
@@ -236,6 +256,9 @@ def main(argv) -> int:
                       for name in P.BASELINES if name != policy.name or policy.source]
             main_result, *baselines = B.backtest_many(market, [policy, *others], sym_config)
             notices += R.write_symbol_outputs(main_result, baselines, staging / market.symbol, plot=F.plots)
+            if F.tearsheet:
+                notices += _write_tearsheet(market, policy, sym_config, main_result, baselines,
+                                            staging / market.symbol / "tearsheet.html")
             per_symbol.append((main_result, baselines))
             print(f"{market.symbol}: {F.split} split {main_result.start[:10]} .. {main_result.end[:10]}, "
                   f"{main_result.num_bars:,} bars, {main_result.num_sessions} sessions; "

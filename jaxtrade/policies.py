@@ -44,6 +44,8 @@ class Policy:
     num_actions: int | None = None  # a trained model's action count (2 * max_lots + 1); None for baselines
     # a trained model's `--env.*` settings (initial_capital, slippage_ticks, ...), when its file records them
     training_env: dict | None = None
+    # a trained model's whole config (.pth) or meta (Orbax): feature scaling, symbol, network (jaxtrade.live)
+    config: dict | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 # ------------------------------------------------------------------------------------------ baselines
@@ -230,7 +232,7 @@ def _as_policy(obj: Any, name: str, source: str) -> Policy:
         network = config.get("network") if isinstance(config, dict) else None
         num_actions = network.get("num_actions") if isinstance(network, dict) else None
         return Policy(name, obj, source=source, num_actions=None if num_actions is None else int(num_actions),
-                      training_env=training_env(config))
+                      training_env=training_env(config), config=config if isinstance(config, dict) else None)
     raise InputError(f"{source}: the loader returned {type(obj).__name__}, not a policy")
 
 

@@ -186,6 +186,8 @@ def test_sequence_writes_models_summary_and_report(market_dir):
     report = (tmp / "reports" / "t_report.txt").read_text()
     assert "NIFTY_5" in report and "Seed guide targets" in report
     assert (tmp / "reports" / "NIFTY_5" / "equity.parquet").exists()
+    assert (tmp / "reports" / "NIFTY_5" / "daily_returns.csv").exists()
+    assert "Monthly returns" in (tmp / "reports" / "NIFTY_5" / "tearsheet.html").read_text()
 
 
 def test_cli_bad_flags_exit_2(tmp_path):
@@ -282,6 +284,8 @@ def test_three_stages_end_to_end(market_dir):
     assert final["stage"] == ranked[0]
     report = (tmp / "reports" / "t_report.txt").read_text()
     assert "Expert leading each market condition" in report and "maml" in report
+    sheet = (tmp / "reports" / "NIFTY_5" / "tearsheet.html").read_text()
+    assert "Expert by market regime" in sheet and "MAML adaptation: before and after" in sheet
 
 
 def test_rerun_with_other_settings_is_refused_and_budget_change_warns(market_dir, caplog):
