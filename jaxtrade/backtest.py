@@ -182,7 +182,8 @@ def reconstruct_trades(*, bars: np.ndarray, action: np.ndarray, open_: np.ndarra
                        ledger_costs: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Round trips from the position path (host, float64), mirroring `env.step`'s fills.
 
-    Per step at bar b (t+1): the target `action - max_lots` (flat where MUST_BE_FLAT) fills at open[b] +/-
+    Per step at bar b (t+1): the target `action - max_lots` (action clipped to [0, 2 max_lots]; flat where
+    MUST_BE_FLAT) fills at open[b] +/-
     slippage; at a square-off (session's last bar when intraday, and the episode's last step) the position
     closes at close[b] -/+ slippage. A round trip ends when the position returns to 0 or flips sign; a flip's
     order cost goes to the closing trip in proportion |old units| / |order units|, the rest to the new trip.
@@ -191,7 +192,7 @@ def reconstruct_trades(*, bars: np.ndarray, action: np.ndarray, open_: np.ndarra
     bars = np.asarray(bars, np.int64)
     n = len(bars)
     must_flat = (np.asarray(flags)[bars] & E.MUST_BE_FLAT) != 0
-    tgt_lots = np.where(must_flat, 0, np.asarray(action, np.int64) - max_lots)
+    tgt_lots = np.where(must_flat, 0, np.clip(np.asarray(action, np.int64), 0, 2 * max_lots) - max_lots)
     lot = np.asarray(lot_size, np.float64)[bars]
     tgt_units = tgt_lots * lot
     last = (np.asarray(flags)[bars] & E.LAST_BAR) != 0
