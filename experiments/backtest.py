@@ -4,16 +4,19 @@
         [--symbols S ... | all] [--initial-capital X] [--report-file F] [--output-dir DIR]
         [--split train|val|test|all] [--policy NAME | --model PATH] [--cost-model M] [--cost-bps B]
         [--slippage-ticks N] [--lot-size N] [--dated-lots] [--max-lots N] [--allow-overnight]
-        [--square-off-time HH:MM] [--split-fractions A,B,C] [--checkpoint-dir D]
+        [--square-off-time HH:MM] [--split-fractions A,B,C] [--checkpoint-dir D] [--run NAME] [--tearsheet]
+        [--risk-free-rate R]
 
-With neither --model nor --policy each symbol's model is found by the seed's loading priority
-(`{checkpoint_dir}/*/models/{symbol}_final_model.pth`, then MAML, MoE, PPO stage files, newest run first);
-without one the momentum baseline runs instead, and the output says which. The flat, buy-and-hold, random and
-momentum baselines always run beside it, under the same market rules. A trained model runs under the rules it
-trained with (the `EnvConfig` its file records: costs, lots, slippage, capital, square-off, split fractions,
-...); a market-rule flag given on the command line overrides one of them and says so. Outputs are staged under
-temporary names and moved into place only when every symbol has finished, so a failed run leaves no report that
-looks complete.
+With neither --model nor --policy each symbol's model is found by the loading priority
+(`jaxtrade.checkpoints.find_model`): in the most recent run under --checkpoint-dir holding a finished model of the
+symbol (or in --run), final > maml > moe > ppo, each as its `.pth` file or else its Orbax checkpoint; the output
+names what was loaded and from which run, which run was chosen when several hold models, and which partly
+finished stage was skipped and why. A symbol with no model at all runs the momentum baseline instead, and the
+output says so. The flat, buy-and-hold, random and momentum baselines always run beside it, under the same
+market rules. A trained model runs under the rules it trained with (the `EnvConfig` its file records: costs,
+lots, slippage, capital, square-off, split fractions, ...); a market-rule flag given on the command line
+overrides one of them and says so. Outputs are staged under temporary names and moved into place only when every
+symbol has finished, so a failed run leaves no report that looks complete.
 """
 
 from __future__ import annotations
@@ -80,19 +83,36 @@ def define_flags() -> None:
     define(flags.DEFINE_list, "split_fractions", ["0.7", "0.15", "0.15"],
            "train,val,test session fractions" + model_note)
     define(flags.DEFINE_string, "checkpoint_dir", "checkpoints", "Where trained runs are looked for.")
+    define(flags.DEFINE_string, "run", None,
+           "Load models from this run ({checkpoint_dir}/{run}) instead of the most recent run holding the symbol's "
+           "model.")
     define(flags.DEFINE_integer, "max_lots", 1, "Largest position in lots (actions -max_lots..max_lots)" + model_note)
     define(flags.DEFINE_integer, "seed", 0, "Seed of the random baseline.")
     define(flags.DEFINE_boolean, "plots", True, "Write equity.png per symbol (needs matplotlib).")
+    define(flags.DEFINE_boolean, "tearsheet", False,
+           "Also write {output_dir}/{symbol}/tearsheet.html: one self-contained page of plots and tables "
+           "(plots need matplotlib).")
+    define(flags.DEFINE_float, "risk_free_rate", 0.0,
+           "Annual risk-free rate (0.065 = 6.5%) that Sharpe and Sortino subtract, per session compounded.")
 
 
 def _check_flags() -> None:
     F = FLAGS
     if F.lot_size is not None and not F.lot_size > 0:  # EnvConfig's 0 (= the NSE lot) is not a lot size to type
         raise InputError(f"--lot-size must be positive, got {F.lot_size:g}")
+    if not -1.0 < F.risk_free_rate < 1.0:
+        raise InputError(f"--risk-free-rate: expected an annual rate as a fraction (0.065 for 6.5%), got "
+                         f"{F.risk_free_rate:g}")
     from jaxtrade.config import env_overrides
     env_overrides(F, ENV_FIELDS, flag_of)  # every market-rule flag checked before any work
     if F.model and F.policy:
         raise InputError("--model and --policy: give one of them, not both")
+    if F.run is not None and (F.model or F.policy):
+        raise InputError(f"--run: picks the run whose models are loaded; it does not combine with "
+                         f"{'--model' if F.model else '--policy'}")
+    if F.run is not None:
+        from jaxtrade.checkpoints import run_directory
+        run_directory(F.checkpoint_dir, F.run)  # a clear error before any data is processed
     if F.policy:
         from jaxtrade.policies import is_baseline, make_baseline
         if not is_baseline(F.policy):
@@ -154,21 +174,35 @@ def _symbols(processed_dir: Path) -> list[str]:
 
 
 def _find_model(symbol: str, shared_model):
-    """(a trained model's Policy or None, one line saying what was chosen, or None to decide later)."""
-    from jaxtrade import policies as P
+    """(a trained model's Policy or None (a baseline, decided once the market is loaded), lines saying what was
+    chosen: the loading priority's notes first, then the choice)."""
+    from jaxtrade import checkpoints as C, policies as P
     F = FLAGS
     if shared_model is not None:
-        return shared_model, f"model {shared_model.source}"
+        return shared_model, [f"model {shared_model.source}"]
     if F.policy:
-        return None, f"policy {F.policy}"
-    found = P.find_model(F.checkpoint_dir, symbol)
-    if found is not None:
-        return P.load_policy(found), f"model {found} (loading priority final > maml > moe > ppo)"
-    looked = f"{F.checkpoint_dir}/*/models/{symbol}_{{final_model,maml_stage3_final,moe_stage2,ppo_stage1}}.pth"
-    return None, f"no trained model ({looked} not found): ran the momentum baseline instead"
+        return None, [f"policy {F.policy}"]
+    search = C.find_model(F.checkpoint_dir, symbol, run=F.run)
+    if search.found is not None:
+        return (P.load_policy(search.found.path),
+                [*search.notes, f"model {search.found.describe()} ({C.PRIORITY_TEXT})"])
+    return None, [*search.notes, f"no trained model ({search.looked} not found): ran the momentum baseline instead"]
 
 
-def symbol_setup(processed_dir, symbol: str, model, given: dict, split: str, seed: int = 0):
+def _load_model_flag():
+    """The --model policy; a stage directory whose latest checkpoint is not finished loads as asked, said."""
+    from jaxtrade import checkpoints as C, policies as P
+    path = Path(FLAGS.model)
+    if path.is_dir():
+        finished, why = C.stage_status(path)
+        if finished is False:
+            print(f"notice: --model {path}: {why}; loading that checkpoint as asked, not a finished stage",
+                  flush=True)
+    return P.load_policy(path)
+
+
+def symbol_setup(processed_dir, symbol: str, model, given: dict, split: str, seed: int = 0,
+                 risk_free_rate: float = 0.0):
     """(float64 market, BacktestConfig, lines to print) for one symbol: the model's own market rules (its
     recorded EnvConfig) with `given` (the market-rule flags typed) overriding them, each said once; without a
     model, the seed's defaults with `given`. The market is split as the rules say."""
@@ -179,7 +213,18 @@ def symbol_setup(processed_dir, symbol: str, model, given: dict, split: str, see
 
     rules, lines = rules_for_model(getattr(model, "env_config", None), B.BACKTEST_ENV, given, flag_of)
     market = E.market_for(rules, processed_dir, symbol, price_dtype=jnp.float64)
-    return market, B.BacktestConfig(env=rules, split=split, seed=seed), lines
+    return market, B.BacktestConfig(env=rules, split=split, seed=seed, risk_free_rate=risk_free_rate), lines
+
+
+def _write_tearsheet(market, policy, config, main_result, baselines, path) -> list[str]:
+    """tearsheet.html for one symbol, with the expert-by-regime table of a mixture-of-experts model and the
+    before/after numbers of an adapted one when the model file gives them."""
+    from jaxtrade import backtest as B, tearsheet
+
+    extras = {}
+    if policy.source and Path(policy.source).exists():
+        extras = tearsheet.model_extras(policy.source, market, B.build_env(market, config)[0], config.split)
+    return tearsheet.write_tearsheet(main_result, baselines, path, plots=FLAGS.plots, **extras)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -210,7 +255,7 @@ def main(argv) -> int:
 
     from jaxtrade.config import env_overrides
     given = env_overrides(F, ENV_FIELDS, flag_of)
-    shared_model = P.load_policy(F.model) if F.model else None
+    shared_model = _load_model_flag() if F.model else None
     found = {symbol: _find_model(symbol, shared_model) for symbol in symbols}  # every model loaded up front
 
     out_dir = Path(F.output_dir)
@@ -225,14 +270,17 @@ def main(argv) -> int:
     committed = False
     try:
         staging.mkdir()
-        per_symbol, notices, capitals = [], [], {}
+        per_symbol, notices, capitals, chosen_lines = [], [], {}, []
         for symbol in symbols:
             t_sym = time.perf_counter()
             model, chosen = found[symbol]
-            market, config, lines = symbol_setup(processed_dir, symbol, model, given, F.split, F.seed)
+            market, config, lines = symbol_setup(processed_dir, symbol, model, given, F.split, F.seed,
+                                                 F.risk_free_rate)
             rules = config.env
             policy = model or P.make_baseline(F.policy or "momentum", max_lots=rules.max_lots, scaler=market.scaler)
-            print(f"{symbol}: {chosen}", flush=True)
+            for line in chosen:
+                print(f"{symbol}: {line}", flush=True)
+            chosen_lines += [f"{symbol}: {line}" for line in chosen]
             for line in lines:
                 print(f"{symbol}: {line}", flush=True)
             capitals[symbol] = rules.initial_capital
@@ -240,6 +288,9 @@ def main(argv) -> int:
                       for name in P.BASELINES if name != policy.name or policy.source]
             main_result, *baselines = B.backtest_many(market, [policy, *others], config)
             notices += R.write_symbol_outputs(main_result, baselines, staging / symbol, plot=F.plots)
+            if F.tearsheet:
+                notices += _write_tearsheet(market, policy, config, main_result, baselines,
+                                            staging / symbol / "tearsheet.html")
             per_symbol.append((main_result, baselines))
             print(f"{symbol}: {F.split} split {main_result.start[:10]} .. {main_result.end[:10]}, "
                   f"{main_result.num_bars:,} bars, {main_result.num_sessions} sessions; "
@@ -248,7 +299,7 @@ def main(argv) -> int:
             capital = f"initial capital {next(iter(capitals.values())):,.0f}"
         else:
             capital = "initial capital " + ", ".join(f"{s} {c:,.0f}" for s, c in capitals.items())
-        header = [f"split: {F.split}; symbols: {', '.join(symbols)}; {capital}"]
+        header = [f"split: {F.split}; symbols: {', '.join(symbols)}; {capital}", *chosen_lines]
         text = R.render_report(per_symbol, header)
         report_tmp.write_text(text)
         # Commit: every symbol's directory, then the report (the last file to appear).

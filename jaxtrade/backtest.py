@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtrade import env as E, metrics as M
+from jaxtrade import env as E, metrics as M, sharpe_ci
 from jaxtrade.data import IST_OFFSET_NS, Market
 from jaxtrade.env import EnvConfig
 from jaxtrade.errors import InputError
@@ -53,6 +53,7 @@ class BacktestConfig:
     split: str = "test"
     seed: int = 0  # the random baseline's key stream
     bootstrap_resamples: int = 2000
+    risk_free_rate: float = 0.0  # annual; Sharpe and Sortino use its per-session equivalent
 
     def replace(self, **changes) -> "BacktestConfig":
         """Like `dataclasses.replace`; `EnvConfig` field names (lot_size=50, ...) change `env`."""
@@ -83,6 +84,9 @@ class BacktestResult:
     synthetic: bool
     env_stats: dict[str, Any]  # the environment's own per-episode statistics (cross-check)
     wall_s: float
+    bar_minutes: int = 1
+    risk_free_rate: float = 0.0  # annual
+    target: np.ndarray | None = None  # [bars] lots held from each bar's open fill (row 0: 0); tear sheet, metrics
 
     @property
     def initial_capital(self) -> float:
@@ -106,7 +110,8 @@ class BacktestResult:
                    verdict=self.verdict, bars=self.num_bars, sessions=self.num_sessions,
                    cost_model=self.cost_model, lot_size=self.lot_size, slippage_ticks=self.slippage_ticks,
                    initial_capital=self.initial_capital, final_equity=float(self.equity["equity"][-1]),
-                   allow_overnight=self.allow_overnight, synthetic=self.synthetic, env_config=self.env.to_dict())
+                   allow_overnight=self.allow_overnight, synthetic=self.synthetic, risk_free_rate=self.risk_free_rate,
+                   env_config=self.env.to_dict())
         return rec
 
 
@@ -334,12 +339,18 @@ def _result(market, config, params, cost_name, policy, ledger, stats, wall) -> B
     }
     trades = collect_trades(ledger, ts)
     session = np.asarray(market.data.session)[lo_bar:hi_bar]
+    # Lots held from each bar's open fill (the env's `target`, before any square-off at its close): holding time
+    # and turnover.
+    target = equity["target"]
+    traded = M.traded_value(target, equity["position"], equity["lot_size"], equity["open"], equity["close"])
     raw = M.compute_metrics(equity["equity"], session, equity["position"], equity["costs"], trades["net_pnl"],
-                            cap)
+                            cap, risk_free_rate=config.risk_free_rate, trade_gross_pnl=trades["gross_pnl"],
+                            trade_costs=trades["costs"], target=target, traded=traded)
     metrics = M.host_metrics(raw)
     daily = M.daily_returns(equity["equity"], session, cap)
-    ci = M.sharpe_bootstrap_ci(daily, num_resamples=config.bootstrap_resamples, seed=0)
-    verdict = M.judge_sample(len(daily), ci)
+    ci = sharpe_ci.sharpe_bootstrap_ci(daily, num_resamples=config.bootstrap_resamples, seed=0,
+                               risk_free=M.daily_risk_free(config.risk_free_rate))
+    verdict = sharpe_ci.judge_sample(len(daily), ci)
     ruined = np.flatnonzero(equity["equity"] <= 0)
     if len(ruined):
         verdict = (f"equity fell to zero or below on {_fmt_day(equity['timestamp'][ruined[0]])} (the account "
@@ -352,7 +363,8 @@ def _result(market, config, params, cost_name, policy, ledger, stats, wall) -> B
         verdict=verdict, start=_fmt_day(ts[lo_bar]), end=_fmt_day(ts[hi_bar - 1]),
         num_bars=hi_bar - lo_bar, num_sessions=s_hi - s_lo, cost_model=cost_name,
         lot_size=float(lot_arr[lo_bar]), env=config.env, synthetic=market.synthetic, env_stats=stats,
-        wall_s=wall + time.perf_counter() - t0)
+        wall_s=wall + time.perf_counter() - t0, bar_minutes=int(market.bar_minutes),
+        risk_free_rate=float(config.risk_free_rate), target=target)
 
 
 def timestamps_utc_ns(local_ist: np.ndarray) -> np.ndarray:

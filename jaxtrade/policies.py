@@ -6,11 +6,12 @@ backtest is deterministic; only the `random` baseline uses `key` (the backtester
 
 Baselines by name (`make_baseline`): `flat`, `buy_and_hold`, `random`, `momentum` (`momentum_N` for another
 horizon N of `features.RETURN_HORIZONS`). Trained models: `policy_from_logits` (a Flax/JAX apply function),
-`network_policy` (a Flax network), `torch_policy` (a PyTorch module through `jax.pure_callback`), `find_model`
-(the seed's loading priority) and the one model loader, `load_model` / `load_policy` (a `.pth` file or an Orbax
-stage directory, through `jaxtrade.export` / `jaxtrade.checkpoints`). A trained model runs under the market
-rules it trained with: `model_env_config` reads them from its file and `rules_for_model` applies the command
-line's overrides, each said once.
+`network_policy` (a Flax network), `torch_policy` (a PyTorch module through `jax.pure_callback`) and the one
+model loader, `load_model` / `load_policy` (a `.pth` file or an Orbax stage directory, through `jaxtrade.export`
+/ `jaxtrade.checkpoints`). Which model a backtest loads (the loading priority) is
+`jaxtrade.checkpoints.find_model`. A trained model runs under the market rules it trained with:
+`model_env_config` reads them from its file and `rules_for_model` applies the command line's overrides, each
+said once.
 """
 
 from __future__ import annotations
@@ -32,8 +33,6 @@ ActFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 BASELINES = ("flat", "buy_and_hold", "random", "momentum")
 DEFAULT_MOMENTUM_HORIZON = 15
-# Loading priority of the seed guide: production, MAML, MoE, PPO.
-MODEL_SUFFIXES = ("_final_model.pth", "_maml_stage3_final.pth", "_moe_stage2.pth", "_ppo_stage1.pth")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -59,7 +58,8 @@ class Policy:
     description: str = ""
     num_actions: int | None = None  # a trained model's action count (2 * max_lots + 1); None for baselines
     env_config: EnvConfig | None = None  # the market rules a trained model trained under, when its file says
-    config: Mapping[str, Any] | None = dataclasses.field(default=None, compare=False)  # its file's config
+    # a trained model's whole config (.pth) or meta (Orbax): feature scaling, symbol, network (jaxtrade.live)
+    config: Mapping[str, Any] | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 # ------------------------------------------------------------------------------------------ baselines
@@ -215,21 +215,6 @@ def torch_policy(module: Any, name: str, source: str | None = None) -> Policy:
                                  vmap_method="broadcast_all")
 
     return Policy(name, act, source=source, description="greedy (argmax) PyTorch policy on the host")
-
-
-def find_model(checkpoint_dir, symbol: str) -> Path | None:
-    """The model the seed's backtester would load for `symbol`: `{checkpoint_dir}/*/models/{symbol}{suffix}`
-    for suffix in final -> maml stage 3 -> moe stage 2 -> ppo stage 1; within one suffix the newest run
-    (file modification time, then run name) first. None when there is none."""
-    root = Path(checkpoint_dir)
-    if not root.is_dir():
-        return None
-    for suffix in MODEL_SUFFIXES:
-        found = [p for p in root.glob(f"*/models/{symbol}{suffix}") if p.is_file()]
-        if found:
-            found.sort(key=lambda p: (p.stat().st_mtime, p.parent.parent.name), reverse=True)
-            return found[0]
-    return None
 
 
 def model_env_config(config: Any, where: str = "model") -> EnvConfig | None:

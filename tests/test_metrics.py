@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxtrade import metrics as M
+from jaxtrade import sharpe_ci as CI
 
 SQ = math.sqrt(252)
 
@@ -125,17 +126,17 @@ def test_same_formulas_on_device_with_nan_for_null():
 
 def test_stationary_bootstrap_is_seeded_and_blocky():
     rng = np.random.default_rng(0)
-    idx = M.stationary_bootstrap_indices(50, 200, 7.0, rng)
+    idx = CI.stationary_bootstrap_indices(50, 200, 7.0, rng)
     assert idx.shape == (200, 50) and idx.min() >= 0 and idx.max() < 50
     runs = np.mean(idx[:, 1:] == (idx[:, :-1] + 1) % 50)
     assert 0.8 < runs < 0.9  # continue the block with probability 1 - 1/7
     d = np.random.default_rng(1).normal(0.002, 0.01, 60)
-    ci1 = M.sharpe_bootstrap_ci(d, seed=0)
-    ci2 = M.sharpe_bootstrap_ci(d, seed=0)
+    ci1 = CI.sharpe_bootstrap_ci(d, seed=0)
+    ci2 = CI.sharpe_bootstrap_ci(d, seed=0)
     assert ci1 == ci2
     lo, hi = ci1
     assert lo < float(M.sharpe(d)) < hi
-    assert M.sharpe_bootstrap_ci(np.zeros(30)) is None
-    assert "too short" in M.judge_sample(10, ci1)
-    assert M.judge_sample(60, (0.5, 2.0)) is None
-    assert "spans 0" in M.judge_sample(60, (-0.5, 2.0))
+    assert CI.sharpe_bootstrap_ci(np.zeros(30)) is None
+    assert "too short" in CI.judge_sample(10, ci1)
+    assert CI.judge_sample(60, (0.5, 2.0)) is None
+    assert "spans 0" in CI.judge_sample(60, (-0.5, 2.0))

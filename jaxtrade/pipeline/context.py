@@ -22,7 +22,7 @@ class SymbolContext:
         self.train_params = E.env_params(cfg.env, self.market, "train")
         with jax.enable_x64(True):
             self.market64 = E.market_for(cfg.env, cfg.run.processed_data_dir, symbol, price_dtype=jnp.float64)
-        self.backtest_config = B.BacktestConfig(env=cfg.env, seed=cfg.run.seed)
+        self.backtest_config = B.BacktestConfig(env=cfg.env, seed=cfg.run.seed, risk_free_rate=cfg.run.risk_free_rate)
 
     def eval_params(self, split: str) -> E.EnvParams:
         """float32 params of `split` as one episode (on-device evaluation traces: the expert-regime table)."""

@@ -28,10 +28,18 @@ def write_report(cfg: SequenceConfig, contexts, stage_models, final_models, out)
         main, *others = ctx.backtest_many(pols, split)
         report.write_symbol_outputs(main, others, out_dir / symbol)
         per_symbol.append((main, others))
+        table = None
         if "moe" in stage_models[symbol]:
             net, prm = stage_models[symbol]["moe"]
-            table = expert_regimes(net, prm, ctx, split, out_dir / symbol / "expert_regimes.png")
+            table = dict(expert_regimes(net, prm, ctx, split, out_dir / symbol / "expert_regimes.png"), stage="moe")
             regime_sections.append(regimes.render_expert_regimes(table))
+        if cfg.run.tearsheet:
+            from jaxtrade import tearsheet
+            summary = Path(cfg.run.checkpoint_dir) / cfg.run.run_name / symbol / "summary.json"
+            for notice in tearsheet.write_tearsheet(main, others, out_dir / symbol / "tearsheet.html",
+                                                    expert_regimes=table,
+                                                    adaptation=tearsheet.summary_adaptation(summary)):
+                out.write(f"note: {notice}\n")
     header = [f"run {cfg.run.run_name}; split {split}; stages {','.join(cfg.run.stages)}",
               seed_targets_section(per_symbol)]
     text = report.render_report(per_symbol, header_lines=header)
