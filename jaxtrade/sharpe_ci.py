@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxtrade.metrics import sharpe
+from jaxtrade.metrics import TRADING_DAYS, sharpe
 
 def stationary_bootstrap_indices(n: int, num_resamples: int, mean_block: float,
                                  rng: np.random.Generator) -> np.ndarray:

@@ -17,10 +17,12 @@ MAX_LINES = 400
 LAYERS = (
     ("jaxtrade", "jaxtrade.errors", "jaxtrade.jsonio", "jaxtrade.cli", "jaxtrade.contracts", "jaxtrade.features",
      "jaxtrade.costs", "jaxtrade.data"),
-    ("jaxtrade.env", "jaxtrade.networks", "jaxtrade.metrics", "data_tools"),  # data_tools never reaches agents
+    ("jaxtrade.env", "jaxtrade.networks", "jaxtrade.metrics", "jaxtrade.sharpe_ci",
+     "data_tools"),  # data_tools never reaches agents
     ("jaxtrade.agents",),  # trainers: env, networks, rollout; nothing of gates, evaluation or the pipeline
     ("jaxtrade.gates", "jaxtrade.evaluation", "jaxtrade.policies", "jaxtrade.backtest", "jaxtrade.report",
-     "jaxtrade.export", "jaxtrade.checkpoints", "jaxtrade.config"),
+     "jaxtrade.export", "jaxtrade.checkpoints", "jaxtrade.config", "jaxtrade.tearsheet", "jaxtrade.tearsheet_context",
+     "jaxtrade.live"),
     ("jaxtrade.pipeline",),
     ("experiments",),
 )
@@ -44,7 +46,8 @@ def _layer(module: str) -> int:
     best, rank = -1, None
     for i, names in enumerate(LAYERS):
         for name in names:
-            if (module == name or module.startswith(name + ".")) and len(name) > best:
+            within = module == name or (module.startswith(name + ".") and name != "jaxtrade")
+            if within and len(name) > best:
                 best, rank = len(name), i
     assert rank is not None, f"{module} is in no layer of the house: add it to LAYERS"
     return rank
