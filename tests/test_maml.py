@@ -11,7 +11,8 @@ import optax
 import pytest
 
 from jaxtrade import data, env, gates
-from jaxtrade.agents import base, maml, meta
+from jaxtrade.agents import base, maml
+from jaxtrade.agents import meta as core
 from jaxtrade.agents.ppo import PPOConfig
 from jaxtrade.evaluation import adaptation
 from jaxtrade.networks import make_network
@@ -38,10 +39,10 @@ def test_second_order_meta_gradient_matches_finite_differences():
     with jax.enable_x64(True):
         params, tasks, inner, outer = _tiny_problem()
         lr, steps = 0.3, 3
-        _, g2, _ = meta.maml_step(params, tasks, inner, outer, lr, steps, first_order=False)
-        _, g1, _ = meta.maml_step(params, tasks, inner, outer, lr, steps, first_order=True)
-        _, g2_noremat, _ = meta.maml_step(params, tasks, inner, outer, lr, steps, remat=False)
-        loss = jax.jit(lambda p: meta.maml_loss(p, tasks, inner, outer, lr, steps)[0])
+        _, g2, _ = core.maml_step(params, tasks, inner, outer, lr, steps, first_order=False)
+        _, g1, _ = core.maml_step(params, tasks, inner, outer, lr, steps, first_order=True)
+        _, g2_noremat, _ = core.maml_step(params, tasks, inner, outer, lr, steps, remat=False)
+        loss = jax.jit(lambda p: core.maml_loss(p, tasks, inner, outer, lr, steps)[0])
         flat, unravel = jax.flatten_util.ravel_pytree(params)
         eps = 1e-6
         fd = np.array([(loss(unravel(flat.at[i].add(eps))) - loss(unravel(flat.at[i].add(-eps)))) / (2 * eps)
@@ -58,14 +59,14 @@ def test_second_order_meta_gradient_matches_finite_differences():
 def test_adapt_is_sgd_and_first_order_has_identity_jacobian():
     params, tasks, inner, _ = _tiny_problem()
     task = jax.tree.map(lambda x: x[0], tasks)
-    adapted, losses = meta.adapt(params, task, inner, 0.1, 2)
+    adapted, losses = core.adapt(params, task, inner, 0.1, 2)
     p = params
     for k in range(2):
         assert np.isclose(losses[k], inner(p, task), rtol=1e-5)
         p = jax.tree.map(lambda a, g: a - 0.1 * g, p, jax.grad(inner)(p, task))
     np.testing.assert_allclose(adapted["w"], p["w"], rtol=1e-5, atol=1e-6)
     # d(sum of adapted v)/dv is the identity (all ones) under first order.
-    g = jax.grad(lambda q: meta.adapt(q, task, inner, 0.1, 2, first_order=True)[0]["v"].sum())(params)
+    g = jax.grad(lambda q: core.adapt(q, task, inner, 0.1, 2, first_order=True)[0]["v"].sum())(params)
     np.testing.assert_allclose(g["v"], np.ones(4), rtol=1e-6)
     np.testing.assert_allclose(g["w"], 0.0, atol=1e-7)
 
@@ -110,7 +111,7 @@ def test_sinusoid_maml_beats_jointly_trained_baseline():
             p, s = carry
             t = _sinusoid_tasks(k, batch)
             if meta:
-                _, g, _ = meta.maml_step(p, t, inner, outer, lr, steps)
+                _, g, _ = core.maml_step(p, t, inner, outer, lr, steps)
             else:  # joint training on every point of every task
                 g = jax.grad(lambda q: jax.vmap(lambda tk: inner(q, tk) + outer(q, tk))(t).mean())(p)
             u, s = tx.update(g, s, p)
@@ -122,7 +123,7 @@ def test_sinusoid_maml_beats_jointly_trained_baseline():
     held_out = _sinusoid_tasks(jax.random.key(99), 200)
 
     def post_adaptation_error(p):
-        return float(jax.vmap(lambda t: outer(meta.adapt(p, t, inner, lr, steps)[0], t))(held_out).mean())
+        return float(jax.vmap(lambda t: outer(core.adapt(p, t, inner, lr, steps)[0], t))(held_out).mean())
 
     meta_err = post_adaptation_error(train(True))
     base_err = post_adaptation_error(train(False))

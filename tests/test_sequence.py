@@ -14,7 +14,7 @@ import pytest
 from jaxtrade import config as C
 from jaxtrade import gates as G
 from jaxtrade import pipeline as S
-from jaxtrade.pipeline import final
+from jaxtrade.pipeline import final as final_model
 from jaxtrade.errors import GateFailure, InputError
 from jaxtrade.export import torch_available
 from tests.market_fixtures import random_walk_market
@@ -115,7 +115,7 @@ def test_check_gate_cases():
 def test_select_final():
     recs = {"ppo": {"validation": {"sharpe": 0.5}}, "moe": {"validation": {"sharpe": 1.5}},
             "maml": {"validation": {"sharpe": None}}}
-    best, why = final.select_final(recs, "sharpe")
+    best, why = final_model.select_final(recs, "sharpe")
     assert best == "moe" and "moe 1.500" in why and why.index("moe") < why.index("ppo")
 
 
@@ -346,8 +346,8 @@ def test_final_model_competes_across_earlier_commands(market_dir, monkeypatch):
     cfg = tiny_config(tmp, stages=("ppo", "moe"), generate_reports=False,
                       **{"moe.num_iterations": 2, "moe.expert_hidden_dim": 64, "moe_gate.min_iterations": 0})
     # Make the MoE stage the best on validation whatever the tiny runs learn.
-    real_select = final.select_final
-    monkeypatch.setattr(final, "select_final", lambda records, metric: (
+    real_select = final_model.select_final
+    monkeypatch.setattr(final_model, "select_final", lambda records, metric: (
         ("moe", "forced") if "moe" in records else real_select(records, metric)))
     S.run_sequence(cfg, out=open("/dev/null", "w"))
     summary_path = tmp / "ck" / "t" / "NIFTY_5" / "summary.json"
