@@ -73,21 +73,8 @@ def _episode_info(info: Mapping[str, Any], like: jax.Array) -> dict[str, jax.Arr
 def env_steps(iteration: jax.Array, batch_size: int) -> jax.Array:
     """Env steps after `iteration` iterations of `batch_size` steps, as float32: an int32 product wraps
     after 2^31 steps (16,384 iterations of a 131,072-step batch), a float only rounds. Host callbacks get the
-    exact count (`host_call`)."""
+    exact count (`agents.base.host_call`)."""
     return iteration.astype(jnp.float32) * jnp.float32(batch_size)
-
-
-def host_call(callback: Callable[[dict], None]) -> Callable[[dict], None]:
-    """Wrap a host metrics callback for `jax.debug.callback`: numpy arrays, and `env_steps` recomputed exactly
-    (int64) from `iteration` x `batch_size` when both are in the metrics."""
-    import numpy as np
-
-    def call(metrics):
-        m = {k: np.asarray(v) for k, v in metrics.items()}
-        if "iteration" in m and "batch_size" in m:
-            m["env_steps"] = m["iteration"].astype(np.int64) * m["batch_size"].astype(np.int64)
-        callback(m)
-    return call
 
 
 def reset_envs(env_reset: ResetFn, env_params, key: jax.Array, num_envs: int) -> RolloutState:
