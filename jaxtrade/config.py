@@ -26,6 +26,8 @@ from jaxtrade.jsonio import to_json
 ON_FAIL = ("continue", "extend", "stop")
 STAGES = ("ppo", "moe", "maml")
 FINAL_METRICS = ("sharpe", "sortino", "total_return", "profit_factor", "win_rate", "calmar")
+FINAL_MODELS = ("best", "ensemble")
+ENSEMBLE_RULES = ("mean", "vote")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +56,10 @@ class RunConfig:
     log_every: int = 10  # iterations between progress lines
     tearsheet: bool = True  # the report also writes {output_dir}/{symbol}/tearsheet.html
     risk_free_rate: float = 0.0  # annual; Sharpe and Sortino (gates, final-model choice, report) subtract it
+    eval_every: int = 0  # iterations between on-device validation evaluations of a stage (0: none); early stopping
+    seeds: int = 1  # train each stage for this many seeds (--seed, --seed+1, ...): the ensemble's members
+    final_model: str = "best"  # best: the best stage on validation; ensemble: the --seeds members of the best stage
+    ensemble_rule: str = "mean"  # mean: mean of the members' action probabilities; vote: majority of their actions
 
     def __post_init__(self):
         bad = [s for s in self.stages if s not in STAGES]
@@ -69,6 +75,17 @@ class RunConfig:
         if not -1.0 < self.risk_free_rate < 1.0:
             raise InputError(f"--risk_free_rate: expected an annual rate as a fraction (0.065 for 6.5%), got "
                              f"{self.risk_free_rate}")
+        if self.eval_every < 0:
+            raise InputError(f"--eval_every must be >= 0 (0: no evaluations), got {self.eval_every}")
+        if self.seeds < 1:
+            raise InputError(f"--seeds must be >= 1, got {self.seeds}")
+        if self.final_model not in FINAL_MODELS:
+            raise InputError(f"--final_model: {self.final_model!r} is not one of {', '.join(FINAL_MODELS)}")
+        if self.final_model == "ensemble" and self.seeds < 2:
+            raise InputError(f"--final_model=ensemble needs --seeds N with N >= 2 (the ensemble's members), got "
+                             f"--seeds {self.seeds}")
+        if self.ensemble_rule not in ENSEMBLE_RULES:
+            raise InputError(f"--ensemble_rule: {self.ensemble_rule!r} is not one of {', '.join(ENSEMBLE_RULES)}")
         for name in ("eval_split", "report_split"):  # checked now, not after hours of training
             if getattr(self, name) not in SPLITS:
                 raise InputError(f"--{name}: unknown split {getattr(self, name)!r} (choose from {', '.join(SPLITS)})")
@@ -96,6 +113,13 @@ def _group_types() -> dict[str, type]:
 class SequenceConfig:
     run: RunConfig
     groups: Mapping[str, Any]  # group name -> config dataclass instance
+
+    def __post_init__(self):
+        for stage in self.run.stages:
+            patience = getattr(self.groups.get(stage), "early_stopping_patience", 0)
+            if patience and not self.run.eval_every:
+                raise InputError(f"--{stage}.early_stopping_patience={patience} needs --eval_every K > 0 (how many "
+                                 f"iterations apart the validation evaluations are)")
 
     def __getattr__(self, name):
         groups = object.__getattribute__(self, "groups")

@@ -90,9 +90,12 @@ class MAMLConfig:
     bootstrap_resamples: int = 2000
     cross_symbol: str = ""  # held-out symbol for the gate ("": the first other processed symbol, if any)
     seed: int = 0  # evaluation keys and bootstrap
+    # The pipeline's, not the trainer's: stop the stage after this many validation evaluations (--eval_every) without
+    # an improvement of --final_metric and keep the best evaluated parameters (0: never stop early).
+    early_stopping_patience: int = 0
 
     def __post_init__(self):
-        for name in ("inner_loop_steps", "evaluation_steps", "num_iterations"):
+        for name in ("inner_loop_steps", "evaluation_steps", "num_iterations", "early_stopping_patience"):
             if getattr(self, name) < 0:
                 raise ValueError(f"MAMLConfig.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("meta_batch_size", "support_num_envs", "support_num_steps", "query_num_envs",
