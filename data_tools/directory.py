@@ -3,7 +3,8 @@ its rows by symbol, process each wanted symbol (`data_tools.symbol`), write it (
 a summary block per symbol written, one `error: ...` line per failure, and a closing count.
 
 A symbol that fails leaves no processed file behind (a stale one from an earlier run is deleted); the other
-symbols are still written.
+symbols are still written. A raw file that fails as a whole fails the symbols it held, including those that
+earlier runs wrote from it (`output.EarlierOutputs`), so that none of them is left stale or written without it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from data_tools.errors import SymbolError
-from data_tools.output import remove_stale, write_processed
+from data_tools.output import EarlierOutputs, remove_stale, write_processed
 from data_tools.readers import (FileError, RawChunk, check_date_order, check_tz, list_raw_files,
                                 peek_symbol_column, read_file)
 from data_tools.session import IST
@@ -100,19 +101,24 @@ class _Collected:
     seen: set = field(default_factory=set)  # every symbol met, wanted or not, to name them when one is missing
 
 
-def _collect(files: list[Path], wanted: _Wanted, source_tz: str, date_order: str) -> _Collected:
-    """Read every raw file and group its rows by symbol; a file that fails fails the symbols it held."""
+def _collect(files: list[Path], wanted: _Wanted, source_tz: str, date_order: str,
+             earlier: EarlierOutputs) -> _Collected:
+    """Read every raw file and group its rows by symbol. A file that fails as a whole fails every symbol it held,
+    as far as can be told: those its rows name, and those earlier runs wrote from it (`earlier`: a file whose
+    first lines no longer show its layout names none); with neither, a file that seems to hold one symbol
+    fails its stem."""
     got = _Collected()
     for path in files:
         multi = peek_symbol_column(path)
         if multi is False:
             got.seen.add(path.stem)
-            if not wanted(path.stem):
+            if not wanted(path.stem) and not any(wanted(s) for s in earlier.raw_symbols_from(path.name)):
                 continue
         try:
             chunk = read_file(path, str(path), source_tz, date_order)
         except FileError as e:
-            syms = e.symbols if e.symbols else ([path.stem] if multi is not True else None)
+            held = set(e.symbols or ()) | earlier.raw_symbols_from(path.name)
+            syms = sorted(held) if held else ([path.stem] if multi is not True else None)
             got.seen.update(syms or ())
             if syms:
                 for s in syms:
@@ -123,7 +129,8 @@ def _collect(files: list[Path], wanted: _Wanted, source_tz: str, date_order: str
             continue
         if chunk.symbols is None:
             got.seen.add(path.stem)
-            got.by_symbol.setdefault(path.stem, []).append(chunk)
+            if wanted(path.stem):
+                got.by_symbol.setdefault(path.stem, []).append(chunk)
             continue
         uniq, inv = np.unique(chunk.symbols.astype(str), return_inverse=True)
         got.seen.update(str(s) for s in uniq)
@@ -163,7 +170,7 @@ def process_directory(raw_dir, processed_dir, symbols=None, bar_minutes=None, ba
     if not files:
         raise InputError(f"{raw_dir}: no input files found (.csv, .txt or .parquet)")
     wanted = _Wanted(symbols)
-    got = _collect(files, wanted, source_tz, date_order)
+    got = _collect(files, wanted, source_tz, date_order, EarlierOutputs(processed_dir))
     failed = got.failed
 
     # requested symbols that nowhere appear

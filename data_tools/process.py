@@ -20,7 +20,8 @@ size keeps the name and the bars as they are (`Nifty_2 --bar-minutes 2` -> `Nift
 that is not a multiple of the raw bar size, fails that symbol.
 
 A symbol that fails leaves no processed file behind (a stale one from an earlier run is deleted); the other
-symbols are still written; the command exits 2.
+symbols are still written; the command exits 2. A raw file that cannot be read fails every symbol it held: those
+its rows name and those an earlier run wrote from it (metadata `source_names` of the processed files).
 
 This module is the command; the work is done by `data_tools.directory` (the run over a raw directory), which uses
 `readers` (raw files), `symbol` (one symbol: `bars`, `session`, `naming`, `summary`) and `output`.

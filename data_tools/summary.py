@@ -52,7 +52,7 @@ class SymbolSummary:
         return {
             "symbol": self.symbol, "raw_symbol": self.raw_symbol, "bar_minutes": self.bar_minutes,
             "source_bar_minutes": self.source_bar_minutes, "source": short_sources(self.sources),
-            "source_files": len(self.sources), "rows_in": self.rows_in, "rows_out": self.rows_out,
+            "source_files": len(self.sources), "source_names": list(self.sources), "rows_in": self.rows_in, "rows_out": self.rows_out,
             "dropped": self.dropped, "sessions": self.sessions, "first": self.first, "last": self.last,
             "timezone": IST, "bar_label": self.label, "label_shift_minutes": self.label_shift_minutes,
             "synthetic": "true" if self.synthetic else "false", "created_by": "data_tools.process",
