@@ -65,6 +65,9 @@ def test_ar1_sign_blocks():
     blocks = coef[: len(coef) // 10 * 10].reshape(-1, 10)
     assert np.all(blocks == blocks[:, :1])                       # constant inside a block
     assert set(np.unique(coef)) == {-0.5, 0.5}
+    pairs = blocks[: len(blocks) // 2 * 2, 0].reshape(-1, 2)
+    assert np.all(pairs.sum(1) == 0)                             # balanced: one of each sign per pair of blocks
+    assert len({tuple(p) for p in pairs}) == 2                   # in random order
     r = _session_returns(sim)
     assert _lag1(r[coef > 0]) > 0.45 and _lag1(r[coef < 0]) < -0.45
 

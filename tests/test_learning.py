@@ -1,0 +1,54 @@
+"""Learning tests on planted edges (issue 20): each stage finds what is there to find, and nothing where there
+is nothing. The markets, training and evaluation are `tests/planted_edges.py`'s (shared with
+`python -m experiments.bench learn`, which prints the same figures); each test prints its figures as one
+JSON line (`pytest -s` shows them)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests import planted_edges as PE
+
+
+def _show(figures: dict) -> dict:
+    print(json.dumps(figures))
+    return figures
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("costs", [False, True], ids=["no_costs", "nse_costs"])
+def test_ppo_finds_planted_ar1_edge(tmp_path, costs):
+    f = _show(PE.ppo_finds_edge(tmp_path, costs=costs))
+    assert f["optimal_return"] > 0.3, f  # the planted edge is there to find (a sanity check of the market)
+    assert f["ratio"] >= 0.9, f"PPO earned {f['ppo_return']} on test, under 90% of one-bar momentum's {f['optimal_return']}"
+
+
+@pytest.mark.slow
+def test_moe_specialises_by_volatility_regime(tmp_path):
+    f = _show(PE.moe_specialises(tmp_path))
+    assert f["moe_return"] > f["ppo_return"], (
+        f"MoE {f['moe_return']} did not beat PPO of the same width {f['ppo_return']} on test after the same iterations")
+    by = f["gate_by_regime"]
+    calm, turbulent = by["calm"], by["turbulent"]
+    assert calm["leader"] != turbulent["leader"], by
+    # specialised by gate weight: each regime's leader weighs more in its own regime than in the other
+    assert calm["mean_gate"][calm["leader"]] > turbulent["mean_gate"][calm["leader"]], by
+    assert turbulent["mean_gate"][turbulent["leader"]] > calm["mean_gate"][turbulent["leader"]], by
+
+
+@pytest.mark.slow
+def test_maml_adapts_to_the_sign_of_the_edge(tmp_path):
+    f = _show(PE.maml_adapts(tmp_path))
+    r = f["per_session_return"]
+    assert f["improvement_vs_meta_ci95"][0] > 0, f
+    assert r["adapted"] > r["meta"] and r["adapted"] > r["ppo_mixture"], r
+
+
+@pytest.mark.slow
+def test_random_walk_with_costs_teaches_nothing(tmp_path):
+    f = _show(PE.flat_market_teaches_nothing(tmp_path))
+    assert f["daily_mean_ci95"][0] <= 0, f"test return significantly above zero on a random walk: {f}"
+    # An untrained policy changes its position on most bars; the trained one has learnt that trading costs
+    assert f["ppo_trades"] <= 0.1 * f["random_policy_trades"], f
