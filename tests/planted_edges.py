@@ -238,6 +238,8 @@ def flat_market_teaches_nothing(directory, *, seed: int = 0, iterations: int = P
             "sharpe_ci95": None if trained.sharpe_ci is None else [_r(x, 3) for x in trained.sharpe_ci],
             "ppo_trades": trained.metrics["num_trades"],
             "ppo_trades_per_session": _r(trained.metrics["num_trades"] / trained.num_sessions, 2),
+            "ppo_exposure": _r(trained.metrics["exposure"], 3),
+            "ppo_costs_return": _r(trained.metrics["total_costs"] / env.initial_capital),
             "random_policy_trades": rand.metrics["num_trades"],
             "wall_s": round(time.perf_counter() - t0, 1)}
 
@@ -291,17 +293,18 @@ def _row_leaders(table: dict) -> dict:
 
 
 def moe_specialises(directory, *, seed: int = 0, ppo_iterations: int = MOE_PPO_ITERATIONS,
-                    moe_iterations: int = MOE_ITERATIONS) -> dict:
+                    moe_iterations: int = MOE_ITERATIONS, **moe_settings) -> dict:
     """Volatility-regime market (momentum when turbulent, mean reversion when calm; zero costs). PPO with the
     experts' width (two hidden layers of 128) trains `ppo_iterations`; the MoE stage (defaults: 4 experts of
     128, every expert starting from that PPO policy) trains `moe_iterations` from there, and the same PPO
     trains `moe_iterations` more, so both have had the same iterations. Test split: both returns, the regime
-    oracle's, and the MoE's gate weights by true regime and in `moe.expert_regime_table`."""
+    oracle's, and the MoE's gate weights by true regime and in `moe.expert_regime_table`. `moe_settings`
+    override MoEConfig fields (for investigations; the test uses the defaults)."""
     t0 = time.perf_counter()
     data = make_market(Path(directory) / "volreg", "vol_regime", seed=seed)
     env = NO_COSTS
     train_params = env_params(data.market, env)
-    moe_config = moe.MoEConfig(num_iterations=moe_iterations)
+    moe_config = moe.MoEConfig(num_iterations=moe_iterations, **moe_settings)
     width = (moe_config.expert_hidden_dim,) * moe_config.expert_num_layers
     config = ppo.PPOConfig(hidden_sizes=width, num_iterations=ppo_iterations + moe_iterations, log_every=0)
     trainer = ppo_trainer(train_params, config)
