@@ -27,8 +27,9 @@ Planted-edge markets (`--market`), one symbol each, for checking that the learne
   each bar opening at the previous bar's close, a small overnight gap at a session's first bar. With c > 0
   the optimal rule is one-bar momentum (hold the sign of the last bar's return; `--policy momentum_1` in the
   backtester), with c < 0 its reverse; `--ar_coef 0` is a pure random walk (nothing to learn).
-  `--sign_block K` draws the coefficient's sign afresh (+c or -c, probability 1/2) for each block of K
-  consecutive sessions: a family of tasks for meta-learning, the sign visible only in the returns themselves.
+  `--sign_block K` gives each block of K consecutive sessions its own sign of the coefficient (+c or -c):
+  a family of tasks for meta-learning, the sign visible only in the returns themselves. The signs are
+  balanced: each pair of consecutive blocks holds one of each, in random order.
 - `vol_regime` (symbol `VOLREG_{N}`): each session is calm or turbulent (a two-state Markov chain over
   sessions that stays with probability `--regime_stay`); turbulent sessions have bar volatility
   `--turbulent_vol` and momentum (+c), calm sessions `--calm_vol` and mean reversion (-c). Nothing but the
@@ -191,7 +192,7 @@ class PlantedOptions:
     ar_coef: float = 0.5            # |c| < 1: lag-1 autocorrelation of bar returns (sign per regime / block)
     bar_minutes: int = 5
     bar_vol: float = 0.001          # ar1: standard deviation of a bar's log return
-    sign_block: int = 0             # ar1: sessions per block with its own sign of c (0: c everywhere)
+    sign_block: int = 0             # ar1: sessions per block with its own sign of c, balanced (0: c everywhere)
     calm_vol: float = 0.0007        # vol_regime: bar volatility of calm sessions (mean reversion, -c)
     turbulent_vol: float = 0.0018   # vol_regime: bar volatility of turbulent sessions (momentum, +c)
     regime_stay: float = 0.9        # vol_regime: probability that the next session keeps the regime
@@ -272,8 +273,11 @@ def planted_market(market: str, seed: int = 0, years: float = 1.0, options: Plan
         vol = np.full(n_days, opt.bar_vol)
         coef = np.full(n_days, opt.ar_coef)
         if opt.sign_block > 0:
+            # Balanced: each pair of consecutive blocks holds one block of each sign, in random order, so no
+            # stretch of the data (a training split) leans to one sign by more than one block.
             n_blocks = -(-n_days // opt.sign_block)
-            signs = np.where(rng.random(n_blocks) < 0.5, 1.0, -1.0)
+            first = np.where(rng.random(-(-n_blocks // 2)) < 0.5, 1.0, -1.0)
+            signs = np.stack([first, -first], axis=1).reshape(-1)[:n_blocks]
             coef = coef * np.repeat(signs, opt.sign_block)[:n_days]
         name = symbol or f"AR1_{opt.bar_minutes}"
         what = (f"AR(1) bar returns, coefficient {opt.ar_coef:g}"
