@@ -55,6 +55,9 @@ class Market:
     scaler: F.Scaler
     metadata: Mapping[str, str]
     path: Path
+    # [T, F] float64 causal features before scaling (host only): lets walk-forward folds refit the scaler on
+    # their own training window (`jaxtrade.evaluation.folds`). None for a Market built by hand.
+    raw_features: np.ndarray | None = None
 
     @property
     def num_bars(self) -> int:
@@ -165,6 +168,7 @@ def load_market(processed_dir, symbol: str, *, split_fractions=DEFAULT_SPLIT_FRA
     if n == 0:
         raise InputError(f"{path}: no rows")
     ts = cols["timestamp"]
+    _check_prices(path, cols)
     if np.any(np.diff(ts.astype(np.int64)) <= 0):
         raise InputError(f"{path}: timestamps are not strictly increasing (re-run data_tools.process)")
     session_raw = cols["session"]
@@ -183,9 +187,7 @@ def load_market(processed_dir, symbol: str, *, split_fractions=DEFAULT_SPLIT_FRA
     raw = F.compute_features(cols["open"], cols["high"], cols["low"], cols["close"], cols["volume"],
                              minutes_of_day, weekday, session, bar_minutes)
     splits = split_sessions(num_sessions, split_fractions, where=str(path))
-    train_end_bar = int(ends[splits["train"][1] - 1]) + 1
-    scaler = F.fit_scaler(raw[:train_end_bar])
-    scaled = F.apply_scaler(raw, scaler).astype(np.float32)
+    scaler, scaled = scale_features(raw, starts, ends, splits["train"])
 
     if price_dtype is None:
         price_dtype = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
@@ -197,7 +199,35 @@ def load_market(processed_dir, symbol: str, *, split_fractions=DEFAULT_SPLIT_FRA
     chex.assert_shape(data.features, (n, len(F.FEATURE_NAMES)))
     return Market(symbol=str(meta.get("symbol", symbol)) if meta.get("symbol") == symbol else symbol,
                   bar_minutes=bar_minutes, data=data, timestamps=ts, minute_of_day=minutes_of_day,
-                  session_dates=days[starts], splits=splits, scaler=scaler, metadata=meta, path=path)
+                  session_dates=days[starts], splits=splits, scaler=scaler, metadata=meta, path=path,
+                  raw_features=raw)
+
+
+def scale_features(raw: np.ndarray, session_start, session_end, train: tuple[int, int]
+                   ) -> tuple[F.Scaler, np.ndarray]:
+    """Fit the scaler on the bars of sessions [train[0], train[1]) only and apply it to every bar.
+
+    raw: [T, F] float64 causal features; session_start / session_end: [S] first / last bar (inclusive).
+    Returns (scaler, [T, F] float32). The one place that decides which rows a scaler sees: `load_market` passes
+    the train split, walk-forward folds their own training windows."""
+    lo, hi = train
+    first_bar = int(np.asarray(session_start)[lo])
+    end_bar = int(np.asarray(session_end)[hi - 1]) + 1
+    scaler = F.fit_scaler(raw[first_bar:end_bar])
+    return scaler, F.apply_scaler(raw, scaler).astype(np.float32)
+
+
+def _check_prices(path: Path, cols) -> None:
+    """Every price finite and positive (features take logs of them) and every volume finite and >= 0; else an
+    InputError naming the first bad row."""
+    checks = {k: np.isfinite(cols[k]) & (cols[k] > 0) for k in ("open", "high", "low", "close")}
+    checks["volume"] = np.isfinite(cols["volume"]) & (cols["volume"] >= 0)
+    ok = np.all(list(checks.values()), axis=0)
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        bad = ", ".join(f"{k}={float(cols[k][i])!r}" for k, good in checks.items() if not good[i])
+        raise InputError(f"{path}: row {i} ({str(cols['timestamp'][i])[:16]}): non-positive or non-finite value "
+                         f"({bad}); re-run data_tools.process on the raw file")
 
 
 def _infer_bar_minutes(ts: np.ndarray, session: np.ndarray) -> int:
