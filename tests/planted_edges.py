@@ -33,7 +33,6 @@ from jaxtrade import backtest as B, data as D, env as E, policies as P
 from jaxtrade.agents import maml, moe, ppo
 from jaxtrade.config import EnvConfig
 from jaxtrade.costs import cost_model
-from jaxtrade.metrics import sharpe_bootstrap_ci
 from jaxtrade.networks import make_network
 
 # The sequence's environment (EnvConfig defaults: NSE futures charges, one tick of slippage, Rs 20 lakh) with
