@@ -4,6 +4,7 @@
     python -m experiments.bench ppo [--processed_data_dir DIR --symbol SYMBOL] [--repeats 3] [--configs default,throughput]
     python -m experiments.bench moe [same flags as ppo]
     python -m experiments.bench maml [--processed_data_dir DIR --symbol SYMBOL] [--repeats 3] [--iterations 3]
+    python -m experiments.bench all --out bench.json [--vs_sb3]     # the whole suite (experiments/bench_suite.py)
 
 `ppo`: end-to-end PPO training throughput (rollout + GAE + update), env steps per second, the median of
 `--repeats` timed runs of `--iterations` iterations each, compile time reported separately. Without
@@ -22,6 +23,7 @@ import time
 
 from absl import app, flags
 
+from experiments import bench_suite
 from jaxtrade import cli
 
 FLAGS = flags.FLAGS
@@ -32,7 +34,7 @@ flags.DEFINE_list("configs", ["default", "throughput"], "ppo bench configs to ru
 flags.DEFINE_integer("iterations", 0, "iterations per timed run (0: per-config default)")
 flags.DEFINE_integer("num_envs", 0, "override num_envs of every config (0: keep)")
 
-COMMANDS = ("env", "ppo", "maml", "moe")
+COMMANDS = ("env", "ppo", "maml", "moe", "all")
 
 
 def bench_env(argv) -> None:
@@ -281,7 +283,8 @@ def main(argv) -> None:
     if len(argv) > 2:
         cli.die(f"unexpected positional arguments: {' '.join(argv[2:])}")
     try:
-        {"env": bench_env, "ppo": bench_ppo, "maml": bench_maml, "moe": bench_moe}[argv[1]](argv)
+        {"env": bench_env, "ppo": bench_ppo, "maml": bench_maml, "moe": bench_moe,
+         "all": lambda a: bench_suite.bench_all(a, _ppo_configs())}[argv[1]](argv)
     except cli.InputError as e:
         cli.die(str(e))
 
