@@ -68,7 +68,7 @@ class JaxtradeGymEnv(gymnasium.Env):
         if seed is not None:
             self._base_key, self._count = jax.random.key(seed), 0
         obs, self._state = self._reset(self._next_key(), self.params)
-        return np.asarray(obs, np.float32), {}
+        return np.array(obs, np.float32), {}
 
     def step(self, action):
         if self._state is None:
@@ -78,7 +78,7 @@ class JaxtradeGymEnv(gymnasium.Env):
         obs, self._state, reward, done, equity, position, costs = self._step(
             self._state, jnp.int32(action), self._next_key(), self.params)
         info = {"equity": float(equity), "position": int(position), "costs": float(costs)}
-        return np.asarray(obs, np.float32), float(reward), bool(done), False, info
+        return np.array(obs, np.float32), float(reward), bool(done), False, info
 
 
 def make_vec_env(env_params, num_envs: int, seed: int = 0):
@@ -110,7 +110,7 @@ def make_vec_env(env_params, num_envs: int, seed: int = 0):
 
         def reset(self):
             obs, self._state = reset_all(self._next_key(), env_params)
-            return np.asarray(obs, np.float32)
+            return np.array(obs, np.float32)  # a writable copy: SB3 hands it to torch
 
         def step_async(self, actions):
             self._actions = jnp.asarray(np.asarray(actions).reshape(num_envs), jnp.int32)
@@ -118,14 +118,14 @@ def make_vec_env(env_params, num_envs: int, seed: int = 0):
         def step_wait(self):
             obs, self._state, reward, done, terminal = step_all(self._state, self._actions, self._next_key(),
                                                                 env_params)
-            done = np.asarray(done)
+            done = np.asarray(done)  # read-only view; the caller gets copies
             infos = [{} for _ in range(num_envs)]
             ended = np.flatnonzero(done)
             if ended.size:
                 terminal = np.asarray(terminal, np.float32)
                 for i in ended:
                     infos[i]["terminal_observation"] = terminal[i]
-            return np.asarray(obs, np.float32), np.asarray(reward, np.float32), done, infos
+            return np.array(obs, np.float32), np.array(reward, np.float32), np.array(done), infos
 
         def close(self):
             pass

@@ -20,8 +20,13 @@ from jaxtrade.networks import make_network
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _shapes(network, obs_dim):
+    """The network's parameter shapes (no initialisation runs)."""
+    return jax.eval_shape(network.init, jax.random.key(0), jnp.zeros((1, obs_dim)))
+
+
 def test_ppo_flops_match_a_hand_count():
-    params = make_network(3, (64, 64)).init(jax.random.key(0), jnp.zeros((1, 19)))
+    params = _shapes(make_network(3, (64, 64)), 19)
     cfg = PPOConfig(num_envs=2048, num_steps=64, minibatch_size=4096, update_epochs=4)
     f = bench_roofline.ppo_flops(cfg, params)
     # forward: 2 x (19*64 + 64*64 + 64*3 + 19*64 + 64*64 + 64*1) = 2 x 10880
@@ -37,7 +42,7 @@ def test_ppo_flops_match_a_hand_count():
 
 
 def test_matmul_program_does_the_counted_products():
-    params = make_network(3, (8, 8)).init(jax.random.key(0), jnp.zeros((1, 5)))
+    params = _shapes(make_network(3, (8, 8)), 5)
     program = bench_roofline.MatmulProgram(params, minibatch_size=16, minibatches=2)
     per_row = bench_roofline.ppo_flops(PPOConfig(num_envs=1, num_steps=16, minibatch_size=16, update_epochs=1),
                                        params)
@@ -82,13 +87,14 @@ def test_gym_wrapper_steps_jaxtrades_env(tmp_path):
     check_env(env, skip_render_check=True)
     obs, _ = env.reset(seed=5)
     # The same episode stepped by jaxtrade's env directly gives the same observations and rewards.
-    _, state = E.reset(jax.random.fold_in(jax.random.key(5), 1), params)
-    np.testing.assert_array_equal(obs, np.asarray(E.reset(jax.random.fold_in(jax.random.key(5), 1), params)[0]))
+    reset, step = jax.jit(E.reset), jax.jit(E.step)
+    ref_obs, state = reset(jax.random.fold_in(jax.random.key(5), 1), params)
+    np.testing.assert_array_equal(obs, np.asarray(ref_obs))
     rng = np.random.default_rng(0)
     for i in range(400):
         a = int(rng.integers(0, 3))
         obs, reward, terminated, truncated, info = env.step(a)
-        o, state, r, done, inf = E.step(jax.random.fold_in(jax.random.key(5), i + 2), state, jnp.int32(a), params)
+        o, state, r, done, inf = step(jax.random.fold_in(jax.random.key(5), i + 2), state, jnp.int32(a), params)
         assert reward == pytest.approx(float(r)) and terminated == bool(done) and not truncated
         np.testing.assert_allclose(obs, np.asarray(inf["terminal_obs"] if done else o), rtol=1e-6)
         if terminated:
@@ -97,39 +103,83 @@ def test_gym_wrapper_steps_jaxtrades_env(tmp_path):
     assert isinstance(env.observation_space, gymnasium.spaces.Box)
 
 
-def test_bench_all_writes_one_line_per_configuration(tmp_path):
-    """`bench all` at tiny sizes, env and PPO (the MoE and MAML rows are the slow test's): every line is JSON,
-    the --out document holds the same lines and says it is complete, the shared sweep point is measured once,
-    and the PPO roofline fields agree with each other."""
+def _bench_all(tmp_path, *flags):
     out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.bench", "all", f"--out={out}", "--benches=env,ppo",
-         "--sweep_num_envs=2,4", "--sweep-num-bars=1200,1500", "--sweep_at_num_envs=2", "--sweep_at_num_bars=1200",
-         "--configs=", "--repeats=1", "--min_run_s=0", "--max_config_s=5"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "experiments.bench", "all", f"--out={out}", "--configs=",
+                           "--repeats=1", "--min_run_s=0", "--max_config_s=5", *flags],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     doc = json.loads(out.read_text())
-    assert doc["complete"] and doc["results"] == lines[:-1] and lines[-1]["bench"] == "suite_done"
-    kinds = [line["bench"] for line in lines]
-    assert kinds.count("load") == 2 and kinds.count("env") == 3 and kinds.count("ppo") == 3
-    env_rows = {(r["num_envs"], r["num_bars"]): r for r in lines if r["bench"] == "env"}
-    assert set(env_rows) == {(2, 1200), (4, 1200), (2, 1500)}
-    assert env_rows[(2, 1200)]["sweeps"] == ["num_envs", "num_bars"]  # measured once for both sweeps
+    # The --out document holds the printed lines and says it is complete.
+    assert doc["complete"] and doc["results"] == lines and lines[-1]["bench"] == "suite_done"
+    assert lines[0]["bench"] == "suite" and doc["machine"]["cpus"] == lines[0]["cpus"]
     for r in lines:
-        if r["bench"] in ("env", "ppo"):
+        if r["bench"] in bench_report.BENCHES:
             assert r["steps_per_s"] > 0 and r["compile_s"] > 0 and r["peak_rss_mb"] > 0
-            assert r["steps_per_call"] == r["num_envs"] * r["num_steps"]
-            assert {"device", "cpus", "load_avg_1m", "jax", "xla_temp_mb", "device_peak_mb"} <= set(r)
-        if r["bench"] == "ppo":
-            assert r["flops_per_step"] == pytest.approx(r["rollout_flops_per_step"] + r["update_flops_per_step"],
-                                                        abs=0.2)
-            assert r["roofline_share"] == pytest.approx(r["achieved_gflops"] / r["matmul_peak_gflops"], rel=0.5)
-            assert 0 < r["roofline_share"]
-    assert sum(r["bench"] == "matmul_peak" for r in lines) == 3
-    # The report renders from the document.
+            assert {"device", "cpus", "load_avg_1m", "jax", "xla_temp_mb", "device_peak_mb", "run_s"} <= set(r)
+    return lines, doc
+
+
+def test_bench_all_sweeps_both_axes_and_measures_their_meeting_point_once(tmp_path):
+    lines, doc = _bench_all(tmp_path, "--benches=env", "--sweep_num_envs=2,3", "--sweep-num-bars=1200,1500",
+                            "--sweep_at_num_envs=2", "--sweep_at_num_bars=1200")
+    loads = [r for r in lines if r["bench"] == "load"]
+    assert [r["num_bars"] for r in loads] == [1200, 1500] and all(r["load_s"] > 0 for r in loads)
+    rows = {(r["num_envs"], r["num_bars"]): r for r in lines if r["bench"] == "env"}
+    assert len(rows) == 3 == sum(r["bench"] == "env" for r in lines)
+    assert rows[(2, 1200)]["sweeps"] == ["num_envs", "num_bars"]
+    assert rows[(3, 1200)]["sweeps"] == ["num_envs"] and rows[(2, 1500)]["sweeps"] == ["num_bars"]
+    for r in rows.values():
+        assert r["steps_per_call"] == r["num_envs"] * r["num_steps"]
     text = bench_report.report(doc)
-    assert "| 4 |" in text and "| 1,500 |" in text
+    assert "| 3 |" in text and "| 1,500 |" in text and "cpu" in text
+
+
+def test_bench_all_ppo_line_carries_its_roofline(tmp_path):
+    lines, _ = _bench_all(tmp_path, "--benches=ppo", "--sweep_num_envs=2", "--sweep_num_bars=1200",
+                          "--sweep_at_num_envs=2", "--sweep_at_num_bars=1200")
+    (ppo,) = [r for r in lines if r["bench"] == "ppo"]
+    (peak,) = [r for r in lines if r["bench"] == "matmul_peak"]
+    assert ppo["steps_per_call"] == 2 * ppo["num_steps"] and ppo["minibatch_size"] == peak["minibatch_size"]
+    assert ppo["flops_per_step"] == pytest.approx(ppo["rollout_flops_per_step"] + ppo["update_flops_per_step"],
+                                                  abs=0.2)
+    assert ppo["matmul_peak_gflops"] == peak["gflops"] > 0
+    assert ppo["roofline_share"] == pytest.approx(ppo["achieved_gflops"] / peak["gflops"], rel=0.5)
+
+
+@pytest.mark.slow
+def test_bench_all_moe_and_maml_lines(tmp_path):
+    lines, _ = _bench_all(tmp_path, "--benches=moe,maml", "--sweep_num_envs=2", "--sweep_num_bars=1200",
+                          "--sweep_at_num_envs=2", "--sweep_at_num_bars=1200")
+    moe = [r for r in lines if r["bench"] == "moe"]
+    maml = [r for r in lines if r["bench"] == "maml"]
+    assert len(moe) == len(maml) == 1
+    assert moe[0]["num_experts"] == 4 and moe[0]["steps_per_call"] == 2 * moe[0]["num_steps"]
+    # A meta-iteration: per task a support rollout and the query rollouts before and after adaptation.
+    assert maml[0]["order"] == "second" and maml[0]["steps_per_call"] == 2 * 3 * 2 * maml[0]["num_steps"]
+
+
+def test_sb3_runs_the_same_config_on_the_same_market(tmp_path):
+    pytest.importorskip("stable_baselines3")
+    from experiments.bench_sb3 import compare, make_vec_env, sb3_ppo
+    from experiments.bench_suite import bench_env_params
+
+    bench_market.write_random_walk(tmp_path, 4 * 375)
+    params = bench_env_params(load_market(tmp_path, bench_market.SYMBOL))
+    cfg = PPOConfig(num_envs=4, num_steps=16, minibatch_size=32, update_epochs=2, hidden_sizes=(16, 16))
+    venv = make_vec_env(params, cfg.num_envs)
+    model = sb3_ppo(cfg, venv)
+    assert (model.n_steps, model.batch_size, model.n_epochs, model.n_envs) == (16, 32, 2, 4)
+    assert model.clip_range(1.0) == cfg.clip_epsilon and model.gamma == cfg.gamma
+    widths = [m.out_features for m in model.policy.mlp_extractor.policy_net if hasattr(m, "out_features")]
+    assert widths == [16, 16]
+    obs = venv.reset()
+    assert obs.shape == (4, params.obs_dim)
+    sb3_line, ratio_line = compare(cfg, params, "tiny", 1000.0, repeats=1, min_run_s=0)
+    assert sb3_line["steps_per_s"] > 0 and sb3_line["num_envs"] == 4
+    assert ratio_line["ratio"] == pytest.approx(1000.0 / sb3_line["steps_per_s"], rel=0.01)
+    assert ratio_line["met"] == (ratio_line["ratio"] >= 120)
 
 
 def test_bench_all_refuses_bad_flags_in_one_line():

@@ -42,7 +42,10 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()
+    try:
+        client.execute()
+    finally:
+        nbformat.write(nb, tmp_path / "colab.executed.ipynb")  # for a look at what the user would see
 
     texts, images, html = [], 0, []
     for cell in nb.cells:
