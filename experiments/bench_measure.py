@@ -102,13 +102,17 @@ def time_calls(call: Callable[[], object], *, repeats: int = 3, min_run_s: float
                max_calls: int = 10_000) -> dict:
     """Time `call` (which runs one unit of work and returns something to block on): one warm-up call, then
     `repeats` runs of k calls each, k chosen from the warm-up so a run lasts about `min_run_s` (as `timeit`'s
-    autorange does). Fewer runs (at least one) when `repeats` runs would exceed `max_total_s`.
-    Returns {"per_call_s": median run time / k, "calls_per_run": k, "run_s": [...]}."""
+    autorange does). Fewer runs (at least one) when `repeats` runs would exceed `max_total_s`; a warm-up call
+    longer than `max_total_s` is itself the one measurement (`timed_warmup`: a call of that length carries
+    no first-call cost worth repeating it for).
+    Returns {"per_call_s": median run time / k, "calls_per_run": k, "run_s": [...], "timed_warmup": bool}."""
     t0 = time.perf_counter()
     jax.block_until_ready(call())
     warm = max(time.perf_counter() - t0, 1e-6)
+    if warm > max_total_s:
+        return {"per_call_s": warm, "calls_per_run": 1, "run_s": [round(warm, 4)], "timed_warmup": True}
     k = int(min(max(math.ceil(min_run_s / warm), 1), max_calls))
-    runs = int(max(1, min(repeats, max_total_s // (warm * k) if warm * k > 0 else repeats)))
+    runs = int(max(1, min(repeats, max_total_s // (warm * k))))
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
@@ -117,7 +121,8 @@ def time_calls(call: Callable[[], object], *, repeats: int = 3, min_run_s: float
             out = call()
         jax.block_until_ready(out)
         times.append(time.perf_counter() - t0)
-    return {"per_call_s": statistics.median(times) / k, "calls_per_run": k, "run_s": [round(t, 4) for t in times]}
+    return {"per_call_s": statistics.median(times) / k, "calls_per_run": k, "run_s": [round(t, 4) for t in times],
+            "timed_warmup": False}
 
 
 def paired_runs(a: Callable[[], object], b: Callable[[], object], *, rounds: int = 5, min_run_s: float = 0.5,

@@ -57,7 +57,8 @@ def sweep_table(doc, sweep: str) -> str:
     out = []
     for size in sizes:
         got = [rows.get((b, size)) for b in benches]
-        row = [f"{size:,}"] + [fmt(r["steps_per_s"]) if r else "-" for r in got]
+        row = [f"{size:,}"] + [("skipped" if "skipped" in r else fmt(r["steps_per_s"])) if r else "-" for r in got]
+        got = [r if r and "skipped" not in r else None for r in got]
         row += [f"{r['compile_s']:.1f}" if r else "-" for r in got]
         row += [f"{max(r['peak_rss_mb'] for r in got if r):,.0f}" if any(got) else "-"]
         if sweep == "num_bars":
@@ -110,7 +111,7 @@ def plot(doc, path) -> None:
     rows = _rows(doc, "num_envs")
     fig, ax = plt.subplots(figsize=(6, 3.8), dpi=90)
     for b in BENCHES:
-        pts = sorted((n, r["steps_per_s"]) for (k, n), r in rows.items() if k == b)
+        pts = sorted((n, r["steps_per_s"]) for (k, n), r in rows.items() if k == b and "skipped" not in r)
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=b)
     ax.set_xscale("log", base=2)

@@ -38,6 +38,7 @@ from pathlib import Path
 from absl import flags
 
 from experiments import bench_measure as M
+from experiments.bench_programs import bench_env_params, compile_env, compile_trainer
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "", "all: also write the results as one JSON document to this file")
@@ -50,13 +51,12 @@ flags.DEFINE_list("sweep_num_bars", ["10000", "100000", "1000000", "10000000"],
 flags.DEFINE_integer("sweep_at_num_envs", 256, "all: parallel episodes of the data-length sweep")
 flags.DEFINE_integer("sweep_at_num_bars", 100_000, "all: market length (bars) of the parallel-episodes sweep")
 flags.DEFINE_list("benches", ["env", "ppo", "moe", "maml"], "all: which benches the sweeps run")
+flags.DEFINE_list("max_num_envs", [], "all: per-bench caps on the parallel-episodes sweep, e.g. maml:4096 (a "
+                  "skipped point still gets its line)")
 flags.DEFINE_float("min_run_s", 1.0, "all: a timed run repeats its unit of work until it lasts about this long")
 flags.DEFINE_float("max_config_s", 60.0, "all: fewer timed runs (at least one) when --repeats would take longer")
 
 BENCHES = ("env", "ppo", "moe", "maml")
-PPO_MAX_BATCH, PPO_MIN_STEPS = 2**19, 8
-MAML_MAX_ROLLOUT, MAML_MIN_STEPS = 2**12, 1
-ENV_STEPS_PER_CALL = 2**20
 
 
 def _ints(values, flag: str, low: int) -> list[int]:
@@ -72,20 +72,7 @@ def _ints(values, flag: str, low: int) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Markets and env params
-
-
-def bench_env_params(market):
-    """The training split under the training defaults (`jaxtrade.config.EnvConfig`: NSE futures costs, one
-    tick of slippage, one-session episodes, Rs 20 lakh)."""
-    from jaxtrade import env as E
-    from jaxtrade.config import EnvConfig
-    from jaxtrade.costs import cost_model
-
-    c = EnvConfig()
-    return E.make_params(market, "train", cost_params=cost_model(c.cost_model, bps=c.cost_bps).params,
-                         slippage_ticks=c.slippage_ticks, max_lots=c.max_lots, initial_capital=c.initial_capital,
-                         episode_sessions=c.episode_sessions)
+# The suite
 
 
 def synthetic_market(directory, num_bars: int) -> tuple[object, dict]:
@@ -106,90 +93,6 @@ def synthetic_market(directory, num_bars: int) -> tuple[object, dict]:
     return market, figures
 
 
-# ---------------------------------------------------------------------------------------------------------
-# What each bench compiles and calls (the one place that knows the trainers' entry points)
-
-
-def ppo_sweep_config(base, num_envs: int):
-    """`base` (a PPOConfig) at `num_envs` parallel episodes, its rollout shortened to keep an iteration at
-    most PPO_MAX_BATCH env steps, its minibatch no larger than the batch."""
-    steps = int(min(base.num_steps, max(PPO_MIN_STEPS, PPO_MAX_BATCH // num_envs)))
-    return base.replace(num_envs=num_envs, num_steps=steps,
-                        minibatch_size=min(base.minibatch_size, num_envs * steps), log_every=0)
-
-
-def maml_sweep_config(num_envs: int):
-    from jaxtrade.agents.maml import MAMLConfig
-
-    base = MAMLConfig()
-    steps = int(min(base.support_num_steps, max(MAML_MIN_STEPS, MAML_MAX_ROLLOUT // num_envs)))
-    return base.replace(support_num_envs=num_envs, query_num_envs=num_envs, support_num_steps=steps,
-                        query_num_steps=steps, log_every=0)
-
-
-class Program:
-    """A compiled unit of work: `call()` runs it once (one env rollout, or one training iteration) and
-    returns something to block on; `steps_per_call` env steps each."""
-
-    def __init__(self, compiled, call, steps_per_call: int, describe: dict, params=None):
-        self.compiled, self.call, self.steps_per_call = compiled, call, int(steps_per_call)
-        self.describe, self.params = describe, params
-
-
-def compile_env(env_params, num_envs: int) -> Program:
-    import jax
-
-    from experiments.bench_env import make_runner
-
-    num_steps = int(max(64, min(4096, ENV_STEPS_PER_CALL // num_envs)))
-    compiled = make_runner(env_params, num_envs, num_steps).lower(jax.random.key(0)).compile()
-    keys = iter(range(1, 2**31))
-    return Program(compiled, lambda: compiled(jax.random.key(next(keys))), num_envs * num_steps,
-                   {"num_steps": num_steps})
-
-
-def compile_trainer(kind: str, env_params, num_envs: int, ppo_base) -> Program:
-    """One iteration of PPO or MoE (rollout + GAE + update), or one MAML meta-iteration, compiled."""
-    import jax
-
-    from jaxtrade.agents import maml, moe, ppo
-
-    if kind == "maml":
-        cfg = maml_sweep_config(num_envs)
-        trainer = maml.make_trainer(cfg, ppo.PPOConfig(), env_params, callback=None)
-        state = {"s": trainer.init(jax.random.key(0))}
-        compiled = trainer._iteration_jit.lower(state["s"], env_params, False).compile()
-
-        def call():
-            state["s"] = compiled(state["s"], env_params, False)[0]
-            return state["s"]
-
-        describe = {"order": "first" if cfg.first_order else "second", "inner_loop_steps": cfg.inner_loop_steps,
-                    "meta_batch_size": cfg.meta_batch_size, "num_steps": cfg.support_num_steps}
-        return Program(compiled, call, trainer.env_steps_per_iteration, describe, trainer.params_of(state["s"]))
-    cfg = ppo_sweep_config(ppo_base, num_envs) if num_envs else ppo_base.replace(log_every=0)
-    if kind == "moe":
-        moe_cfg = moe.MoEConfig(num_iterations=1)
-        trainer = moe.make_trainer(moe_cfg, cfg, env_params, callback=None)
-        describe = {"num_experts": moe_cfg.num_experts, "expert_hidden_dim": moe_cfg.expert_hidden_dim}
-    else:
-        trainer = ppo.make_trainer(cfg, env_params, callback=None)
-        describe = {"hidden_sizes": list(cfg.hidden_sizes)}
-    state = {"s": trainer.init(jax.random.key(0))}
-    compiled = jax.jit(trainer.run_fn, static_argnums=2).lower(state["s"], env_params, 1).compile()
-
-    def call():
-        state["s"] = compiled(state["s"], env_params)[0]
-        return state["s"]
-
-    describe.update(num_steps=cfg.num_steps, minibatch_size=cfg.minibatch_size, update_epochs=cfg.update_epochs)
-    program = Program(compiled, call, cfg.batch_size, describe, state["s"].train_state.params)
-    program.config = cfg
-    return program
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The suite
 
 
 class Suite:
@@ -243,7 +146,8 @@ class Suite:
         line = {"bench": kind, **extra, **program.describe,
                 "steps_per_s": round(program.steps_per_call / timing["per_call_s"], 1),
                 "compile_s": round(compile_s, 3), "calls_per_run": timing["calls_per_run"],
-                "steps_per_call": program.steps_per_call, "run_s": timing["run_s"], "peak_rss_mb": rss.peak_mb,
+                "steps_per_call": program.steps_per_call, "run_s": timing["run_s"],
+                "timed_warmup": timing["timed_warmup"], "peak_rss_mb": rss.peak_mb,
                 "device_peak_mb": M.device_peak_mb(), **M.xla_memory_mb(program.compiled)}
         if kind == "ppo":
             line.update(self.roofline(program))
@@ -285,7 +189,7 @@ def _load_avg() -> tuple:
 
 def run_suite(suite: Suite, *, benches, sweep_num_envs, sweep_num_bars, at_num_envs: int, at_num_bars: int,
               ppo_configs: dict, market=None, symbol: str | None = None, vs_sb3: bool = False,
-              sb3_threads: int = 1) -> None:
+              sb3_threads: int = 1, max_num_envs: dict | None = None) -> None:
     """The whole suite (see the module docstring). `market`: the user's symbol for the parallel-episodes
     sweep and the named configs (None: a synthetic market of `at_num_bars` bars). `ppo_configs`: name ->
     PPOConfig of the named runs; the sweeps scale the "throughput" one (or the first)."""
@@ -296,6 +200,13 @@ def run_suite(suite: Suite, *, benches, sweep_num_envs, sweep_num_bars, at_num_e
     suite.emit({"bench": "suite", "benches": list(benches), "sweep_num_envs": list(sweep_num_envs),
                 "sweep_num_bars": list(sweep_num_bars), "at_num_envs": at_num_envs, "at_num_bars": at_num_bars,
                 "configs": list(ppo_configs), "vs_sb3": vs_sb3, **suite.machine})
+
+    caps = dict(max_num_envs or {})
+
+    def measure(kind, params, n, extra):
+        if n > caps.get(kind, n):
+            return suite.emit({"bench": kind, **extra, "skipped": f"above --max_num_envs {kind}:{caps[kind]}"})
+        return suite.measure(kind, build(kind, params, n), extra)
 
     def build(kind, params, n):
         if kind == "env":
@@ -313,7 +224,7 @@ def run_suite(suite: Suite, *, benches, sweep_num_envs, sweep_num_bars, at_num_e
         for kind in benches:
             for n in sweep_num_envs:
                 sweeps = ["num_envs"] + (["num_bars"] if shared and n == at_num_envs else [])
-                suite.measure(kind, build(kind, params, n), {"sweeps": sweeps, "num_envs": n, **where})
+                measure(kind, params, n, {"sweeps": sweeps, "num_envs": n, **where})
         # 2. The named PPO configs, with the roofline, and Stable-Baselines3 beside them.
         for name, cfg in ppo_configs.items():
             line = suite.measure("ppo", lambda c=cfg: compile_trainer("ppo", params, 0, c),
@@ -335,8 +246,7 @@ def run_suite(suite: Suite, *, benches, sweep_num_envs, sweep_num_bars, at_num_e
             params = bench_env_params(market)
             where = {"num_bars": market.num_bars, "symbol": market.symbol, "synthetic": True}
             for kind in benches:
-                suite.measure(kind, build(kind, params, at_num_envs),
-                              {"sweeps": ["num_bars"], "num_envs": at_num_envs, **where})
+                measure(kind, params, at_num_envs, {"sweeps": ["num_bars"], "num_envs": at_num_envs, **where})
             del params, market
             gc.collect()
     suite.finish()
@@ -377,7 +287,21 @@ def bench_all(argv, ppo_configs: dict) -> None:
     run_suite(suite, benches=benches, sweep_num_envs=_ints(FLAGS.sweep_num_envs, "sweep_num_envs", 1),
               sweep_num_bars=sorted(sizes), at_num_envs=_at_least(FLAGS.sweep_at_num_envs, "sweep_at_num_envs"),
               at_num_bars=FLAGS.sweep_at_num_bars, ppo_configs={n: ppo_configs[n][0] for n in names},
-              market=market, symbol=symbol, vs_sb3=FLAGS.vs_sb3, sb3_threads=FLAGS.sb3_threads)
+              market=market, symbol=symbol, vs_sb3=FLAGS.vs_sb3, sb3_threads=FLAGS.sb3_threads,
+              max_num_envs=_caps(FLAGS.max_num_envs))
+
+
+def _caps(values) -> dict[str, int]:
+    """`--max_num_envs maml:4096,moe:16384` -> {"maml": 4096, "moe": 16384}."""
+    from jaxtrade.errors import InputError
+
+    caps = {}
+    for item in values:
+        kind, _, n = item.partition(":")
+        if kind not in BENCHES or not n.isdigit() or int(n) < 1:
+            raise InputError(f"--max_num_envs: expected BENCH:N with BENCH one of {', '.join(BENCHES)}, got {item!r}")
+        caps[kind] = int(n)
+    return caps
 
 
 def check_sb3_installed() -> None:

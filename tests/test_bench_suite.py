@@ -77,7 +77,7 @@ def test_synthetic_market_loads_through_the_processed_path(tmp_path):
 def test_gym_wrapper_steps_jaxtrades_env(tmp_path):
     gymnasium = pytest.importorskip("gymnasium")
     from experiments.bench_sb3 import JaxtradeGymEnv
-    from experiments.bench_suite import bench_env_params
+    from experiments.bench_programs import bench_env_params
 
     bench_market.write_random_walk(tmp_path, 4 * 375)
     params = bench_env_params(load_market(tmp_path, bench_market.SYMBOL))
@@ -163,7 +163,7 @@ def test_bench_all_moe_and_maml_lines(tmp_path):
 def test_sb3_runs_the_same_config_on_the_same_market(tmp_path):
     pytest.importorskip("stable_baselines3")
     from experiments.bench_sb3 import compare, make_vec_env, sb3_ppo
-    from experiments.bench_suite import bench_env_params
+    from experiments.bench_programs import bench_env_params
 
     bench_market.write_random_walk(tmp_path, 4 * 375)
     params = bench_env_params(load_market(tmp_path, bench_market.SYMBOL))
