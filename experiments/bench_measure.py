@@ -36,11 +36,11 @@ def max_rss_mb() -> float:
 
 class PeakRSS:
     """`with PeakRSS() as p: ...; p.peak_mb`: the largest resident set of this process while the block ran,
-    sampled every `interval` seconds from /proc (JAX releases the GIL while XLA runs, so the sampler keeps
+    sampled every `interval` seconds (20 ms) from /proc (JAX releases the GIL while XLA runs, so the sampler keeps
     up). It counts everything the process holds, including what earlier work left allocated. Where /proc is
     missing (macOS) it falls back to the process's high-water mark."""
 
-    def __init__(self, interval: float = 0.005):
+    def __init__(self, interval: float = 0.02):
         self.interval = interval
         self.peak_bytes = 0
         self._stop = threading.Event()
