@@ -50,7 +50,8 @@ def sweep_table(doc, sweep: str) -> str:
     sizes = sorted({size for _, size in rows})
     benches = [b for b in BENCHES if any(k[0] == b for k in rows)]
     label = "parallel episodes" if sweep == "num_envs" else "bars"
-    header = [label] + [f"{b} steps/s" for b in benches] + [f"{b} compile s" for b in benches] + ["peak RSS MB"]
+    header = ([label] + [f"{b} steps/s" for b in benches] + [f"{b} compile s" for b in benches]
+              + ["peak RSS MB", "load (1 min)"])
     if sweep == "num_bars":
         loads = {r["num_bars"]: r for r in doc["results"] if r.get("bench") == "load"}
         header += ["load s"]
@@ -61,6 +62,8 @@ def sweep_table(doc, sweep: str) -> str:
         got = [r if r and "skipped" not in r else None for r in got]
         row += [f"{r['compile_s']:.1f}" if r else "-" for r in got]
         row += [f"{max(r['peak_rss_mb'] for r in got if r):,.0f}" if any(got) else "-"]
+        loads_1m = [r["load_avg_1m"] for r in got if r and r.get("load_avg_1m") is not None]
+        row += [f"{min(loads_1m):.1f}-{max(loads_1m):.1f}" if loads_1m else "-"]
         if sweep == "num_bars":
             load = loads.get(size)
             row += [f"{load['load_s']:.1f} (RSS {load['peak_rss_mb']:,.0f})" if load else "-"]
@@ -75,23 +78,31 @@ def ppo_table(doc) -> str:
             out.append([r["config"], f"{r['num_envs']} x {r['num_steps']}, mb {r['minibatch_size']}, "
                         f"{r['update_epochs']} epochs", fmt(r["steps_per_s"]), fmt(r["flops_per_step"]),
                         f"{r['achieved_gflops']:.1f}", f"{r['matmul_peak_gflops']:.1f}",
-                        f"{100 * r['roofline_share']:.0f}%"])
+                        f"{100 * r['roofline_share']:.0f}%", f"{r.get('load_avg_1m', 0):.1f}"])
     return _table(["config", "rollout", "env steps/s", "FLOP/step", "GFLOP/s", "matmul peak GFLOP/s",
-                   "share (bar 75%)"], out)
+                   "share (bar 75%)", "load (1 min)"], out)
 
 
 def sb3_table(doc) -> str:
-    sb3 = {r["config"]: r for r in doc["results"] if r.get("bench") == "sb3"}
+    sb3 = {(r["config"], r.get("vec_env")): r for r in doc["results"] if r.get("bench") == "sb3"}
     out, bar = [], None
     for r in doc["results"]:
         if r.get("bench") == "ppo_vs_sb3":
             bar = r["bar"]
-            s = sb3.get(r["config"], {})
-            out.append([r["config"], fmt(r["jaxtrade_steps_per_s"]), fmt(r["sb3_steps_per_s"]),
+            s = sb3.get((r["config"], r.get("vec_env")), {})
+            out.append([r["config"], r.get("vec_env", "batched"), fmt(r["jaxtrade_steps_per_s"]), fmt(r["sb3_steps_per_s"]),
                         f"{r['ratio']:.1f}x", "met" if r["met"] else "NOT met",
                         fmt(s.get("wrapper_env_steps_per_s")), s.get("library", "")])
-    return _table(["config", "jaxtrade PPO steps/s", "SB3 PPO steps/s", "ratio", f"bar {bar:g}x" if bar else "bar",
+    return _table(["config", "SB3 env", "jaxtrade PPO steps/s", "SB3 PPO steps/s", "ratio", f"bar {bar:g}x" if bar else "bar",
                    "SB3 env wrapper steps/s", "library"], out)
+
+
+def command(doc) -> str:
+    """The command as a user types it (`python -m ...` runs record the module's path as argv[0])."""
+    first, _, rest = doc["command"].partition(" ")
+    if first.endswith("experiments/bench.py"):
+        return f"python -m experiments.bench {rest}".strip()
+    return doc["command"]
 
 
 def machine_line(doc) -> str:
@@ -99,7 +110,7 @@ def machine_line(doc) -> str:
     return (f"{m['cpu']}, {m['cpus']} CPUs, {m['device']} x {m['device_count']}, jax {m['jax']}; load average "
             f"{'/'.join(str(x) for x in doc.get('load_avg_start', []))} at the start, "
             f"{'/'.join(str(x) for x in doc.get('load_avg_end', []))} at the end; {doc.get('wall_s', '?')} s; "
-            f"`{doc['command']}`" + ("" if doc.get("complete") else " (INCOMPLETE run)"))
+            f"`{command(doc)}`" + ("" if doc.get("complete") else " (INCOMPLETE run)"))
 
 
 def plot(doc, path) -> None:
@@ -119,8 +130,8 @@ def plot(doc, path) -> None:
     ax.set_xlabel("parallel episodes")
     ax.set_ylabel("env steps / s")
     m = doc["machine"]
-    ax.set_title(f"jaxtrade on {m['device']} ({m['cpus']} CPUs), load {doc.get('load_avg_start', ['?'])[0]}",
-                 fontsize=9)
+    ax.set_title(f"jaxtrade, {m['cpu']} ({m['cpus']} CPUs), JAX on {m['device'].split(':')[0]}; load average "
+                 f"{doc.get('load_avg_start', ['?'])[0]} at the start", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

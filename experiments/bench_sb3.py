@@ -8,9 +8,10 @@ same `EnvParams`, so the observations, fills, costs and rewards are jaxtrade's.
     make_vec_env(env_params, num_envs)      an SB3 VecEnv stepping all envs in one jitted, vmapped call
     compare(ppo_config, env_params, ...)    SB3 PPO with the same settings, timed; lines for the suite
 
-SB3 is given the batched VecEnv rather than a DummyVecEnv of single envs: its env then costs one call per step
-for all envs (the line reports the wrapper's own random-action rate), so the comparison measures the two
-learners, not a per-env Python loop. Episodes end at the session's close; that is a true end (jaxtrade's GAE
+SB3 runs twice per config: on the batched VecEnv, where its env costs one call per step for all envs, so the
+ratio compares the two learners; and on SB3's usual setup, a DummyVecEnv of single gymnasium envs (one jitted
+`env.step` call per env and step), the env loop an SB3 user's market wrapper would have. Each line reports
+its wrapper's own random-action rate beside SB3's. Episodes end at the session's close; that is a true end (jaxtrade's GAE
 does not bootstrap across it), so the VecEnv reports `terminal_observation` without `TimeLimit.truncated`.
 """
 
@@ -36,6 +37,20 @@ def _spaces(env_params):
     return obs, spaces.Discrete(int(env_params.num_actions))
 
 
+# One jitted call per reset and per step, the key folded inside (a gymnasium loop pays one dispatch a step),
+# shared by every JaxtradeGymEnv so that a vector of them compiles once.
+@jax.jit
+def _gym_reset(key, count, params):
+    return E.reset(jax.random.fold_in(key, count), params)
+
+
+@jax.jit
+def _gym_step(state, action, key, count, params):
+    obs, state, reward, done, info = E.step(jax.random.fold_in(key, count), state, action, params)
+    obs = jnp.where(done, info["terminal_obs"], obs)
+    return state, (obs, reward, done, info["equity"], info["position"], info["costs"])
+
+
 class JaxtradeGymEnv(gymnasium.Env):
     """jaxtrade's environment as a `gymnasium.Env`. `step` returns the episode's last observation when it
     ends (`terminated`); the next `reset` starts a new episode (a session of the split, as in training).
@@ -49,25 +64,13 @@ class JaxtradeGymEnv(gymnasium.Env):
         self._base_key = jax.random.key(seed)
         self._count = 0
         self._state = None
-        self._reset = jax.jit(lambda key, p: E.reset(key, p))
-
-        @jax.jit
-        def step(state, action, key, p):
-            obs, state, reward, done, info = E.step(key, state, action, p)
-            obs = jnp.where(done, info["terminal_obs"], obs)
-            return obs, state, reward, done, info["equity"], info["position"], info["costs"]
-
-        self._step = step
-
-    def _next_key(self):
-        self._count += 1
-        return jax.random.fold_in(self._base_key, self._count)
 
     def reset(self, *, seed: int | None = None, options=None):
         super().reset(seed=seed)
         if seed is not None:
             self._base_key, self._count = jax.random.key(seed), 0
-        obs, self._state = self._reset(self._next_key(), self.params)
+        self._count += 1
+        obs, self._state = _gym_reset(self._base_key, self._count, self.params)
         return np.array(obs, np.float32), {}
 
     def step(self, action):
@@ -75,8 +78,9 @@ class JaxtradeGymEnv(gymnasium.Env):
             raise RuntimeError("JaxtradeGymEnv.step called before reset")
         if not self.action_space.contains(int(action)):
             raise ValueError(f"JaxtradeGymEnv: action {action!r} outside {self.action_space}")
-        obs, self._state, reward, done, equity, position, costs = self._step(
-            self._state, jnp.int32(action), self._next_key(), self.params)
+        self._count += 1
+        self._state, out = _gym_step(self._state, int(action), self._base_key, self._count, self.params)
+        obs, reward, done, equity, position, costs = jax.device_get(out)
         info = {"equity": float(equity), "position": int(position), "costs": float(costs)}
         return np.array(obs, np.float32), float(reward), bool(done), False, info
 
@@ -88,12 +92,13 @@ def make_vec_env(env_params, num_envs: int, seed: int = 0):
     vstep = jax.vmap(E.step, in_axes=(None, 0, 0, None))
 
     @jax.jit
-    def reset_all(key, p):
-        return jax.vmap(E.reset, in_axes=(0, None))(jax.random.split(key, num_envs), p)
+    def reset_all(key, count, p):
+        keys = jax.random.split(jax.random.fold_in(key, count), num_envs)
+        return jax.vmap(E.reset, in_axes=(0, None))(keys, p)
 
     @jax.jit
-    def step_all(state, actions, key, p):
-        obs, state, reward, done, info = vstep(key, state, actions, p)
+    def step_all(state, actions, key, count, p):
+        obs, state, reward, done, info = vstep(jax.random.fold_in(key, count), state, actions, p)
         return obs, state, reward, done, info["terminal_obs"]
 
     class JaxtradeVecEnv(VecEnv):
@@ -104,20 +109,18 @@ def make_vec_env(env_params, num_envs: int, seed: int = 0):
             self._state = None
             self._actions = None
 
-        def _next_key(self):
-            self._count += 1
-            return jax.random.fold_in(self._base_key, self._count)
-
         def reset(self):
-            obs, self._state = reset_all(self._next_key(), env_params)
+            self._count += 1
+            obs, self._state = reset_all(self._base_key, self._count, env_params)
             return np.array(obs, np.float32)  # a writable copy: SB3 hands it to torch
 
         def step_async(self, actions):
             self._actions = jnp.asarray(np.asarray(actions).reshape(num_envs), jnp.int32)
 
         def step_wait(self):
-            obs, self._state, reward, done, terminal = step_all(self._state, self._actions, self._next_key(),
-                                                                env_params)
+            self._count += 1
+            obs, self._state, reward, done, terminal = step_all(self._state, self._actions, self._base_key,
+                                                                self._count, env_params)
             done = np.asarray(done)  # read-only view; the caller gets copies
             infos = [{} for _ in range(num_envs)]
             ended = np.flatnonzero(done)
@@ -188,10 +191,10 @@ def compare(ppo_config, env_params, name: str, jaxtrade_steps_per_s: float, *, r
     """Time SB3 PPO under `ppo_config` on `env_params` (one warm-up iteration, then `repeats` runs of k
     iterations, k from the warm-up so a run lasts about `min_run_s`); lines: `sb3` and `ppo_vs_sb3`.
 
-    torch_threads: torch's intra-op threads while SB3 runs (0: torch's default, one per core). One by default,
-    as SB3's docs advise for MLP policies on a CPU: the minibatch products are too small to share, and on a
-    loaded machine two threads that wait for each other ran one iteration of the default config 18x slower
-    (347 s against 19 s on the development machine at load 12-16)."""
+    torch_threads: torch's intra-op threads while SB3 runs (0: torch's default, one per core). One by default:
+    a small MLP's minibatch products gain little from sharing, and on a loaded machine two threads that wait
+    for each other ran one iteration of the default config 18x slower (347 s against 19 s on the development
+    machine at load 12-16)."""
     import torch
 
     threads_before = torch.get_num_threads()
@@ -203,34 +206,45 @@ def compare(ppo_config, env_params, name: str, jaxtrade_steps_per_s: float, *, r
         torch.set_num_threads(threads_before)
 
 
+VEC_ENVS = {"batched": "one jitted vmap of env.step (JaxtradeVecEnv)",
+            "dummy": "SB3 DummyVecEnv of JaxtradeGymEnv (one env.step call per env)"}
+
+
 def _compare(ppo_config, env_params, name, jaxtrade_steps_per_s, repeats, min_run_s) -> list[dict]:
     import stable_baselines3
     import torch
+    from stable_baselines3.common.vec_env import DummyVecEnv
 
-    venv = make_vec_env(env_params, ppo_config.num_envs)
-    wrapper = _wrapper_rate(venv, max(8, min(ppo_config.num_steps, 64)))
-    model = sb3_ppo(ppo_config, venv)
-    batch = ppo_config.num_envs * ppo_config.num_steps
-    t0 = time.perf_counter()
-    model.learn(total_timesteps=batch)
-    warm = time.perf_counter() - t0
-    iters = max(1, min(20, math.ceil(min_run_s / max(warm, 1e-6))))
-    times = []
-    for _ in range(max(repeats, 1)):
-        t0 = time.perf_counter()
-        model.learn(total_timesteps=iters * batch, reset_num_timesteps=False)
-        times.append(time.perf_counter() - t0)
-    sb3_rate = iters * batch / statistics.median(times)
     c = ppo_config
-    ratio = jaxtrade_steps_per_s / sb3_rate
-    return [
-        {"bench": "sb3", "config": name, "library": f"stable-baselines3 {stable_baselines3.__version__}",
-         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "sb3_device": str(model.device),
-         "num_envs": c.num_envs, "num_steps": c.num_steps, "minibatch_size": c.minibatch_size,
-         "update_epochs": c.update_epochs, "hidden_sizes": list(c.hidden_sizes), "steps_per_s": round(sb3_rate, 1),
-         "iterations_per_run": iters, "run_s": [round(t, 4) for t in times],
-         "wrapper_env_steps_per_s": round(wrapper, 1)},
-        {"bench": "ppo_vs_sb3", "config": name, "jaxtrade_steps_per_s": round(jaxtrade_steps_per_s, 1),
-         "sb3_steps_per_s": round(sb3_rate, 1), "ratio": round(ratio, 2), "bar": RATIO_BAR,
-         "met": bool(ratio >= RATIO_BAR)},
-    ]
+    batch = c.num_envs * c.num_steps
+    lines = []
+    for kind, what in VEC_ENVS.items():
+        if kind == "batched":
+            venv = make_vec_env(env_params, c.num_envs)
+        else:
+            venv = DummyVecEnv([lambda i=i: JaxtradeGymEnv(env_params, seed=i) for i in range(c.num_envs)])
+        wrapper = _wrapper_rate(venv, max(8, min(c.num_steps, 64 if kind == "batched" else 8)))
+        model = sb3_ppo(c, venv)
+        t0 = time.perf_counter()
+        model.learn(total_timesteps=batch)
+        warm = time.perf_counter() - t0
+        iters = max(1, min(20, math.ceil(min_run_s / max(warm, 1e-6))))
+        times = []
+        for _ in range(max(repeats, 1)):
+            t0 = time.perf_counter()
+            model.learn(total_timesteps=iters * batch, reset_num_timesteps=False)
+            times.append(time.perf_counter() - t0)
+        rate = iters * batch / statistics.median(times)
+        ratio = jaxtrade_steps_per_s / rate
+        lines += [
+            {"bench": "sb3", "config": name, "vec_env": kind, "vec_env_is": what,
+             "library": f"stable-baselines3 {stable_baselines3.__version__}", "torch": torch.__version__,
+             "torch_threads": torch.get_num_threads(), "sb3_device": str(model.device), "num_envs": c.num_envs,
+             "num_steps": c.num_steps, "minibatch_size": c.minibatch_size, "update_epochs": c.update_epochs,
+             "hidden_sizes": list(c.hidden_sizes), "steps_per_s": round(rate, 1), "iterations_per_run": iters,
+             "run_s": [round(t, 4) for t in times], "wrapper_env_steps_per_s": round(wrapper, 1)},
+            {"bench": "ppo_vs_sb3", "config": name, "vec_env": kind,
+             "jaxtrade_steps_per_s": round(jaxtrade_steps_per_s, 1), "sb3_steps_per_s": round(rate, 1),
+             "ratio": round(ratio, 2), "bar": RATIO_BAR, "met": bool(ratio >= RATIO_BAR)}]
+        venv.close()
+    return lines

@@ -105,7 +105,10 @@ class Suite:
         self.stream = stream or sys.stdout
         self.machine = M.machine()
         self.started = time.perf_counter()
-        self.doc = {"format": "jaxtrade-bench/1", "command": " ".join(sys.argv),
+        argv = list(sys.argv)
+        if argv and argv[0].endswith(os.path.join("experiments", "bench.py")):
+            argv[0:1] = ["python", "-m", "experiments.bench"]
+        self.doc = {"format": "jaxtrade-bench/1", "command": " ".join(argv),
                     "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                     "machine": self.machine, "load_avg_start": list(_load_avg()), "complete": False,
                     "results": []}

@@ -176,10 +176,13 @@ def test_sb3_runs_the_same_config_on_the_same_market(tmp_path):
     assert widths == [16, 16]
     obs = venv.reset()
     assert obs.shape == (4, params.obs_dim)
-    sb3_line, ratio_line = compare(cfg, params, "tiny", 1000.0, repeats=1, min_run_s=0)
-    assert sb3_line["steps_per_s"] > 0 and sb3_line["num_envs"] == 4
-    assert ratio_line["ratio"] == pytest.approx(1000.0 / sb3_line["steps_per_s"], rel=0.01)
-    assert ratio_line["met"] == (ratio_line["ratio"] >= 120)
+    lines = compare(cfg, params, "tiny", 1000.0, repeats=1, min_run_s=0)
+    assert [(r["bench"], r["vec_env"]) for r in lines] == [("sb3", "batched"), ("ppo_vs_sb3", "batched"),
+                                                           ("sb3", "dummy"), ("ppo_vs_sb3", "dummy")]
+    for sb3_line, ratio_line in (lines[:2], lines[2:]):
+        assert sb3_line["steps_per_s"] > 0 and sb3_line["num_envs"] == 4 and sb3_line["torch_threads"] == 1
+        assert ratio_line["ratio"] == pytest.approx(1000.0 / sb3_line["steps_per_s"], rel=0.01)
+        assert ratio_line["met"] == (ratio_line["ratio"] >= 120)
 
 
 def test_bench_all_refuses_bad_flags_in_one_line():
