@@ -71,10 +71,6 @@ def _ints(values, flag: str, low: int) -> list[int]:
     return out
 
 
-# ---------------------------------------------------------------------------------------------------------
-# The suite
-
-
 def synthetic_market(directory, num_bars: int) -> tuple[object, dict]:
     """Write and load a `num_bars`-bar random walk; returns (market, the `load` line's figures)."""
     from experiments.bench_market import SYMBOL, write_random_walk
@@ -93,6 +89,8 @@ def synthetic_market(directory, num_bars: int) -> tuple[object, dict]:
     return market, figures
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The suite
 
 
 class Suite:
