@@ -136,8 +136,10 @@ def test_bench_all_sweeps_both_axes_and_measures_their_meeting_point_once(tmp_pa
     assert "| 3 |" in text and "| 1,500 |" in text and "cpu" in text
 
 
-def test_bench_all_ppo_line_carries_its_roofline(tmp_path):
-    lines, _ = _bench_all(tmp_path, "--benches=ppo", "--sweep_num_envs=2", "--sweep_num_bars=1200",
+@pytest.mark.slow
+def test_bench_all_trainer_lines(tmp_path):
+    """PPO (with its roofline), MoE and MAML at one tiny point: one compile each (~40 CPU-s, hence slow)."""
+    lines, _ = _bench_all(tmp_path, "--benches=ppo,moe,maml", "--sweep_num_envs=2", "--sweep_num_bars=1200",
                           "--sweep_at_num_envs=2", "--sweep_at_num_bars=1200")
     (ppo,) = [r for r in lines if r["bench"] == "ppo"]
     (peak,) = [r for r in lines if r["bench"] == "matmul_peak"]
@@ -146,18 +148,11 @@ def test_bench_all_ppo_line_carries_its_roofline(tmp_path):
                                                   abs=0.2)
     assert ppo["matmul_peak_gflops"] == peak["gflops"] > 0
     assert ppo["roofline_share"] == pytest.approx(ppo["achieved_gflops"] / peak["gflops"], rel=0.5)
-
-
-@pytest.mark.slow
-def test_bench_all_moe_and_maml_lines(tmp_path):
-    lines, _ = _bench_all(tmp_path, "--benches=moe,maml", "--sweep_num_envs=2", "--sweep_num_bars=1200",
-                          "--sweep_at_num_envs=2", "--sweep_at_num_bars=1200")
-    moe = [r for r in lines if r["bench"] == "moe"]
-    maml = [r for r in lines if r["bench"] == "maml"]
-    assert len(moe) == len(maml) == 1
-    assert moe[0]["num_experts"] == 4 and moe[0]["steps_per_call"] == 2 * moe[0]["num_steps"]
+    (moe,) = [r for r in lines if r["bench"] == "moe"]
+    (maml,) = [r for r in lines if r["bench"] == "maml"]
+    assert moe["num_experts"] == 4 and moe["steps_per_call"] == 2 * moe["num_steps"]
     # A meta-iteration: per task a support rollout and the query rollouts before and after adaptation.
-    assert maml[0]["order"] == "second" and maml[0]["steps_per_call"] == 2 * 3 * 2 * maml[0]["num_steps"]
+    assert maml["order"] == "second" and maml["steps_per_call"] == 2 * 3 * 2 * maml["num_steps"]
 
 
 def test_sb3_runs_the_same_config_on_the_same_market(tmp_path):
