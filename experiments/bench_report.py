@@ -17,7 +17,12 @@ BENCHES = ("env", "ppo", "moe", "maml")
 
 
 def read(path) -> dict:
-    doc = json.loads(Path(path).read_text())
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e})") from None
     if not isinstance(doc, dict) or "results" not in doc:
         raise ValueError(f"{path}: not a `bench all --out` document (no results)")
     return doc
