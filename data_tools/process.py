@@ -247,6 +247,13 @@ def process_symbol(raw_symbol: str, parts: list[RawChunk], processed_dir: Path,
         i = int(np.flatnonzero(nan)[0])
         which = [n for n, a in zip(names, prices) if np.isnan(a[i])]
         raise _row_error(parts, fidx, rows, i, f"NaN or missing {'/'.join(which)} price")
+    infinite = np.zeros(rows_in, bool)
+    for a in prices:
+        infinite |= np.isinf(a)
+    if infinite.any():
+        i = int(np.flatnonzero(infinite)[0])
+        which = ", ".join(f"{n} {float(a[i])!r}" for n, a in zip(names, prices) if np.isinf(a[i]))
+        raise _row_error(parts, fidx, rows, i, f"infinite price ({which})")
     nonpos = np.zeros(rows_in, bool)
     for a in prices:
         nonpos |= ~(a > 0)
@@ -266,6 +273,11 @@ def process_symbol(raw_symbol: str, parts: list[RawChunk], processed_dir: Path,
             other, val = ("open", o[i]) if o[i] < c[i] else ("close", c[i])
             msg = f"low {_fmt_price(lo[i])} > {other} {_fmt_price(val)} (OHLC inconsistency)"
         raise _row_error(parts, fidx, rows, i, msg)
+
+    bad_volume = ~(np.isfinite(v) & (v >= 0))
+    if bad_volume.any():
+        i = int(np.flatnonzero(bad_volume)[0])
+        raise _row_error(parts, fidx, rows, i, f"volume {float(v[i])!r} is not a finite number >= 0")
 
     # -- sort by time (file and row break ties, so the first occurrence is kept)
     order = np.lexsort((rows, fidx, ts))
@@ -293,8 +305,10 @@ def process_symbol(raw_symbol: str, parts: list[RawChunk], processed_dir: Path,
     same_day = day[1:] == day[:-1]
     gaps = (local[1:] - local[:-1])[same_day]
     if len(gaps) == 0:
-        raise SymbolError(f"{parts[0].display}: cannot tell the bar size of {raw_symbol}: "
-                          f"no two bars fall on the same day (intraday bars expected)")
+        where = f"{parts[int(fidx[0])].display} row {int(rows[0])}" if len(ts) == 1 else parts[0].display
+        raise SymbolError(f"{where}: cannot tell the bar size of {raw_symbol}: "
+                          f"{'its only bar' if len(ts) == 1 else 'no two bars fall on the same day'} "
+                          f"(intraday bars expected)")
     vals, counts = np.unique(gaps, return_counts=True)
     mode_ns = int(vals[np.argmax(counts)])
     if mode_ns % NS_PER_MIN:
@@ -587,31 +601,38 @@ def process_directory(raw_dir, processed_dir, symbols=None, bar_minutes=None, ba
 
 # ------------------------------------------------------------------------------------------------- CLI
 
-def _define_flags() -> None:
+def define_flags(flag_values=None) -> None:
+    """This command's flags, on `flag_values` (default: absl's global FLAGS)."""
     from absl import flags
-    flags.DEFINE_string("raw_data_dir", "data/raw", "Directory of raw bar files (CSV, TXT, Parquet).")
-    flags.DEFINE_string("processed_data_dir", "data/processed", "Where {symbol}.parquet files are written.")
-    flags.DEFINE_list("symbols", None, "Symbols to process (default: all found).")
-    flags.DEFINE_integer("bar_minutes", None, "Resample to N-minute bars anchored at 09:15 (default: as is).")
+    fv = flags.FLAGS if flag_values is None else flag_values
+    flags.DEFINE_string("raw_data_dir", "data/raw", "Directory of raw bar files (CSV, TXT, Parquet).", flag_values=fv)
+    flags.DEFINE_string("processed_data_dir", "data/processed", "Where {symbol}.parquet files are written.",
+                        flag_values=fv)
+    flags.DEFINE_list("symbols", None, "Symbols to process (default: all found).", flag_values=fv)
+    flags.DEFINE_integer("bar_minutes", None, "Resample to N-minute bars anchored at 09:15 (default: as is).",
+                         flag_values=fv)
     flags.DEFINE_enum("bar_label", "auto", ["auto", "start", "end"],
-                      "Whether raw timestamps label bar starts or ends (auto: detect).")
-    flags.DEFINE_string("source_tz", IST, "Time zone of timestamps that carry none.")
+                      "Whether raw timestamps label bar starts or ends (auto: detect).", flag_values=fv)
+    flags.DEFINE_string("source_tz", IST, "Time zone of timestamps that carry none.", flag_values=fv)
     flags.DEFINE_enum("date_order", "dmy", ["dmy", "mdy"],
-                      "How to read day/month dates such as 1/8/2024: dmy (DD/MM/YYYY) or mdy (MM/DD/YYYY).")
+                      "How to read day/month dates such as 1/8/2024: dmy (DD/MM/YYYY) or mdy (MM/DD/YYYY).",
+                      flag_values=fv)
 
 
-def main(argv) -> int:
+LIST_FLAGS = ["symbols"]
+
+
+def main(argv, flag_values=None) -> int:
+    """The command: exit code 0 when every symbol was written, 2 when any failed (DESIGN section 9)."""
     from absl import flags
-    F = flags.FLAGS
+    F = flags.FLAGS if flag_values is None else flag_values
     result = process_directory(F.raw_data_dir, F.processed_data_dir, symbols=F.symbols,
                                bar_minutes=F.bar_minutes, bar_label=F.bar_label, source_tz=F.source_tz,
                                date_order=F.date_order)
-    if not result.ok:
-        sys.exit(2)
-    return 0
+    return 0 if result.ok else 2
 
 
 if __name__ == "__main__":
     from jaxtrade.cli import run
-    _define_flags()
-    run(main, list_flags=["symbols"])
+    define_flags()
+    run(main, list_flags=LIST_FLAGS)

@@ -5,8 +5,12 @@ nanoseconds), with the 1-based row number of every row (the line number in a tex
 Parquet file) so that errors can name the row. Everything is vectorised (pyarrow.compute / numpy); Python
 loops over rows happen only while building an error message.
 
-Errors raise `FileError(path, message, row=None)`; `symbols` on the error says which symbols the file held
-where that could be told (a bad vendor file fails every symbol in it).
+Text files are UTF-8 (a byte-order mark dropped) or UTF-16 with its byte-order mark; anything else, and files
+of other types under a text name (Parquet, gzip, ZIP/Excel, images), is an error naming the line or the type.
+Timestamps are read by `data_tools.timestamps`.
+
+Errors raise `FileError(path, message, row=None)` (`data_tools.errors`); `symbols` on the error says which
+symbols the file held where that could be told (a bad vendor file fails every symbol in it).
 
 `RawChunk.ts_info` says how the timestamps were read, for the summary: `naive_tz` (the zone that timestamps
 without one were read in, when there were such), `date_layout` (`DD/MM/YYYY` and the like, for day/month dates
@@ -30,6 +34,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from data_tools.errors import FileError
+from data_tools.timestamps import DATE_ORDERS, column_to_utc_ns, first_failure, parse_time_strings
+
 TEXT_SUFFIXES = {".csv", ".txt"}
 PARQUET_SUFFIXES = {".parquet", ".pq"}
 RAW_SUFFIXES = TEXT_SUFFIXES | PARQUET_SUFFIXES
@@ -38,30 +45,12 @@ PRICE_COLS = ("open", "high", "low", "close")
 KNOWN_COLS = {"datetime", "timestamp", "date", "time", "open", "high", "low", "close", "volume", "oi",
               "symbol"}
 VENDOR_LAYOUT = "SYMBOL,YYYYMMDD,HH:MM,OPEN,HIGH,LOW,CLOSE,VOLUME,OI"
-NS_PER_S = 1_000_000_000
-
-_ISO_RE = (r"^(?P<dt>\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)\s*"
-           r"(?P<tz>Z|UTC|[+-]\d{2}:?\d{2})?$")
-_FALLBACK_FORMATS = (
-    "%Y%m%d %H:%M:%S", "%Y%m%d %H:%M",
-    "%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M",
-    "%d-%m-%Y %H:%M:%S", "%d-%m-%Y %H:%M",
-    "%d/%m/%Y %H:%M:%S", "%d/%m/%Y %H:%M",
-    "%Y/%m/%d %H:%M:%S", "%Y/%m/%d %H:%M",
-    "%d-%b-%Y %H:%M:%S", "%d-%b-%Y %H:%M",
-)
-DATE_ORDERS = {"dmy": "day-first", "mdy": "month-first"}
-
-
-class FileError(Exception):
-    """A raw file (or one row of it) is bad. `str()` is one line naming the file and the row."""
-
-    def __init__(self, path, message: str, row: Optional[int] = None, symbols: Optional[list] = None):
-        self.path = str(path)
-        self.row = row
-        self.symbols = symbols
-        where = self.path if row is None else f"{self.path} row {row}"
-        super().__init__(f"{where}: {message}")
+# file signatures of things that are not text, with what to tell the user
+_NOT_TEXT = ((b"PAR1", "a Parquet file: give it a .parquet name"),
+             (b"\x1f\x8b", "gzip-compressed: decompress it first"),
+             (b"PK\x03\x04", "a ZIP archive (an Excel .xlsx workbook?): export it as CSV"),
+             (b"\xd0\xcf\x11\xe0", "an Excel .xls workbook: export it as CSV"),
+             (b"\x89PNG", "a PNG image"), (b"%PDF", "a PDF document"))
 
 
 @dataclass
@@ -124,13 +113,14 @@ def peek_symbol_column(path: Path) -> Optional[bool]:
             return "symbol" in names
         with open(path, "rb") as f:
             head = f.read(65536)
-        line = _first_line(head.decode("utf-8", "replace").lstrip("\ufeff"))
+        line = _first_line(_head_text(head))
         if line is None:
             return False
-        fields = _split_line(line)
+        delim = _delimiter(line)
+        fields = _split_line(line, delim)
         if _is_header(fields):
             return "symbol" in [c.strip().lower() for c in fields]
-        return _headerless_layout(fields) == "vendor"
+        return _headerless(_head_text(head), delim)[0] == "vendor"
     except Exception:  # noqa: BLE001 - reading it properly will report the problem
         return None
 
@@ -194,66 +184,128 @@ def _headerless_layout(fields: list[str]) -> Optional[str]:
     return None
 
 
+def _headerless(text: str, delimiter: str, lines: int = 10) -> tuple[Optional[str], list[str]]:
+    """The headerless layout most of the first `lines` non-blank lines have (one bad first line must not hide
+    the layout: the row then fails by itself), and the fields of the first line that has it."""
+    votes: dict = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        try:
+            fields = _split_line(line, delimiter)
+        except csv.Error:
+            fields = []
+        layout = _headerless_layout(fields)
+        if layout is not None:
+            count, first = votes.get(layout, (0, fields))
+            votes[layout] = (count + 1, first)
+        lines -= 1
+        if lines == 0:
+            break
+    if not votes:
+        return None, []
+    layout = max(votes, key=lambda k: votes[k][0])
+    return layout, votes[layout][1]
+
+
 def _salvage_symbols(data: bytes, delimiter: str = ",") -> Optional[list]:
     """Error path only: the distinct first fields of a headerless vendor file."""
     try:
         syms = set()
         for line in data.decode("utf-8", "replace").splitlines():
             if line.strip():
-                syms.add(line.split(delimiter, 1)[0].strip())
+                fields = _split_line(line, delimiter)
+                syms.add(fields[0].strip() if fields else "")
         return sorted(s for s in syms if s)
     except Exception:  # noqa: BLE001
         return None
 
 
 def _nonempty_line_numbers(data: bytes) -> np.ndarray:
-    """1-based line numbers of the non-blank lines of `data` (pyarrow skips blank lines)."""
+    """1-based line numbers of the non-blank lines of `data` (pyarrow skips empty lines; lines of only
+    whitespace were emptied by `_as_utf8`)."""
     buf = np.frombuffer(data, dtype=np.uint8)
     nl = np.flatnonzero(buf == 10)
     starts = np.concatenate([[0], nl + 1])
     ends = np.concatenate([nl, [len(buf)]])
-    # a line is blank when it holds only whitespace; cheap test: length after dropping a trailing \r is 0,
-    # or the line is all spaces/tabs (rare: checked only for short lines)
     lengths = ends - starts
     has_cr = np.zeros(len(starts), bool)
     nz = lengths > 0
     has_cr[nz] = buf[ends[nz] - 1] == 13
-    eff = lengths - has_cr
-    blank = eff == 0
-    short = np.flatnonzero((eff > 0) & (eff < 8))
-    for i in short:  # few lines only
-        if not bytes(buf[starts[i]:starts[i] + eff[i]]).strip():
-            blank[i] = True
-    return np.flatnonzero(~blank).astype(np.int64) + 1
+    return np.flatnonzero(lengths - has_cr > 0).astype(np.int64) + 1
 
 
-def _first_bad(values: list, ok) -> int:
-    for i, v in enumerate(values):
-        if not ok(v):
-            return i
-    return -1
+def _ragged_line(data: bytes, delimiter: str, want: int, skip: int) -> Optional[int]:
+    """Error path: the first line after the header with another number of fields than `want`."""
+    try:
+        reader = csv.reader(io.StringIO(data.decode("utf-8", "replace"), newline=""), delimiter=delimiter)
+        for fields in reader:
+            if reader.line_num > skip and fields and len(fields) != want:
+                return reader.line_num
+    except csv.Error:
+        pass
+    return None
+
+
+def _line_of(data: bytes, pos: int) -> int:
+    return data.count(b"\n", 0, pos) + 1
+
+
+def _head_text(head: bytes) -> str:
+    """The first bytes of a text file as text (UTF-16 when it starts with its byte-order mark), for a peek."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return head.decode("utf-16", "replace")
+    return head.decode("utf-8", "replace").lstrip("\ufeff")
+
+
+_WHITESPACE_LINE = re.compile(rb"(?m)^[ \t\f\v]+(?=\r?$)")
+
+
+def _as_utf8(data: bytes, display: str) -> bytes:
+    """A text file's bytes as UTF-8 without a byte-order mark, lines of only whitespace emptied (so that they
+    are skipped as blank lines are). UTF-8 and UTF-16 with a byte-order mark are read; anything else that is
+    not UTF-8 text is an error naming the line."""
+    for magic, what in _NOT_TEXT:
+        if data.startswith(magic):
+            raise FileError(display, f"not a CSV/TXT text file: {what}")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            data = data.decode("utf-16").encode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data[:e.start].decode("utf-16", "replace").count("\n") + 1
+            raise FileError(display, "not valid UTF-16 text (it starts with a UTF-16 byte-order mark)",
+                            row=line) from None
+    elif data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        hint = " (UTF-16 without a byte-order mark? save it as UTF-8)" if data.count(b"\x00") * 4 > len(data) \
+            else ""
+        raise FileError(display, f"binary data (a NUL byte), not CSV text{hint}", row=_line_of(data, nul))
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise FileError(display, f"not UTF-8 text (byte 0x{data[e.start]:02X}): save the file as UTF-8",
+                        row=_line_of(data, e.start)) from None
+    if data[:1] in (b" ", b"\t", b"\f", b"\v") or any(b"\n" + c in data for c in (b" ", b"\t", b"\f", b"\v")):
+        data = _WHITESPACE_LINE.sub(b"", data)     # (rare: the regex scans every position)
+    return data
 
 
 def _to_float(col: pa.ChunkedArray | pa.Array, name: str, path, rows: np.ndarray) -> np.ndarray:
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         col = pc.utf8_trim_whitespace(col)
         col = pc.if_else(pc.equal(col, ""), pa.scalar(None, col.type), col)
         try:
             col = pc.cast(col, pa.float64())
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            vals = col.to_pylist()
-
-            def ok(v):
-                if v is None:
-                    return True
-                try:
-                    float(v)
-                    return True
-                except ValueError:
-                    return False
-            i = _first_bad(vals, ok)
-            raise FileError(path, f"unparseable number {vals[i]!r} in column {name!r}",
-                            row=int(rows[i]) if i >= 0 else None)
+            text = col
+            i = first_failure(len(text), lambda a, b: _cast_fails(text.slice(a, b - a)))
+            raise FileError(path, f"unparseable number {text[i].as_py()!r} in column {name!r}",
+                            row=int(rows[i])) from None
     elif pa.types.is_null(col.type):
         col = pa.array(np.full(len(col), np.nan))
     else:
@@ -264,152 +316,12 @@ def _to_float(col: pa.ChunkedArray | pa.Array, name: str, path, rows: np.ndarray
     return np.asarray(pc.fill_null(col, np.nan).to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
-def _epoch_to_ns(x: np.ndarray) -> np.ndarray:
-    """Numeric epoch (s, ms, us or ns, told apart by magnitude) -> int64 ns."""
-    x = np.asarray(x)
-    finite = x[np.isfinite(x)] if x.dtype.kind == "f" else x
-    mag = np.abs(finite).max() if len(finite) else 0
-    if mag < 1e11:
-        scale = NS_PER_S
-    elif mag < 1e14:
-        scale = 1_000_000
-    elif mag < 1e17:
-        scale = 1_000
-    else:
-        scale = 1
-    if x.dtype.kind == "f":
-        return np.round(x * scale).astype(np.int64)
-    return x.astype(np.int64) * scale
-
-
-def _naive_to_utc_ns(naive: pa.Array, tz: str) -> np.ndarray:
-    """Naive wall-clock timestamps in `tz` -> UTC ns (int64)."""
-    naive = pc.cast(naive, pa.timestamp("ns"))
-    if tz in ("UTC", "Etc/UTC"):
-        out = naive
-    else:
-        out = pc.assume_timezone(naive, tz, ambiguous="earliest", nonexistent="earliest")
-    return np.asarray(pc.cast(out, pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)
-
-
-def _fallback_formats(date_order: str) -> tuple:
-    if date_order == "mdy":
-        return tuple(f.replace("%d-%m", "%m-%d").replace("%d/%m", "%m/%d") for f in _FALLBACK_FORMATS)
-    return _FALLBACK_FORMATS
-
-
-def _date_layout(fmt: str) -> str:
-    """'%d/%m/%Y %H:%M' -> 'DD/MM/YYYY'."""
-    return (fmt.split(" ")[0].replace("%d", "DD").replace("%m", "MM").replace("%Y", "YYYY")
-            .replace("%b", "Mon"))
-
-
-def _note_dates(info: Optional[dict], fmt: str, parsed: pa.Array) -> None:
-    """Record a day/month layout (DD/MM/YYYY, MM-DD-YYYY, ...) and whether the other order would fit too."""
-    layout = _date_layout(fmt)
-    if info is None or layout[:2] not in ("DD", "MM") or layout[2] not in "/-" or "Mon" in layout:
-        return
-    day, month = pc.day(parsed), pc.month(parsed)
-    info["date_layout"] = layout
-    info["date_ambiguous"] = bool(pc.max(day).as_py() <= 12 and pc.max(month).as_py() <= 12
-                                  and not pc.all(pc.equal(day, month)).as_py())
-
-
-def parse_time_strings(s: pa.Array, tz: str, path, rows: np.ndarray, what: str, date_order: str = "dmy",
-                       info: Optional[dict] = None) -> np.ndarray:
-    """Strings -> UTC ns. ISO-8601 with an optional zone (`+05:30`, `Z`) or a few common day/month
-    (`date_order`: dmy or mdy) or compact layouts; strings without a zone are wall-clock time in `tz`. Pure
-    digits are epoch numbers. `info`, when given, records how they were read (`RawChunk.ts_info`)."""
-    s = pc.utf8_trim_whitespace(s)
-    valid = pc.and_(pc.is_valid(s), pc.not_equal(s, ""))
-    valid_np = np.asarray(valid.to_numpy(zero_copy_only=False), bool) if len(s) else np.zeros(0, bool)
-    if not valid_np.all():
-        i = int(np.flatnonzero(~valid_np)[0])
-        raise FileError(path, f"missing timestamp ({what})", row=int(rows[i]))
-    if len(s) == 0:
-        return np.zeros(0, np.int64)
-    # epoch numbers written as text
-    if pc.all(pc.match_substring_regex(s, r"^-?\d+(\.\d+)?$")).as_py():
-        return _epoch_to_ns(pc.cast(s, pa.float64()).to_numpy())
-    m = pc.extract_regex(s, _ISO_RE)
-    if m.null_count == 0:
-        dt = pc.replace_substring(m.field("dt"), "T", " ")
-        naive = pc.cast(dt, pa.timestamp("ns"))
-        tzs = m.field("tz")
-        has_tz = np.asarray(pc.and_(pc.is_valid(tzs), pc.not_equal(pc.fill_null(tzs, ""), ""))
-                            .to_numpy(zero_copy_only=False), bool)
-        naive_ns = np.asarray(pc.cast(naive, pa.int64()).to_numpy(zero_copy_only=False), np.int64)
-        out = np.empty(len(s), np.int64)
-        if has_tz.any():
-            z = pc.replace_substring(pc.fill_null(tzs, "+0000"), ":", "")
-            z = pc.if_else(pc.or_(pc.equal(z, "Z"), pc.equal(z, "UTC")), "+0000", z)
-            z = pc.if_else(pc.equal(z, ""), "+0000", z)
-            sign = np.where(np.asarray(pc.starts_with(z, "-").to_numpy(zero_copy_only=False)), -1, 1)
-            hh = pc.cast(pc.utf8_slice_codeunits(z, 1, 3), pa.int64()).to_numpy()
-            mm = pc.cast(pc.utf8_slice_codeunits(z, 3, 5), pa.int64()).to_numpy()
-            off_ns = sign * (hh * 60 + mm) * 60 * NS_PER_S
-            out[has_tz] = (naive_ns - off_ns)[has_tz]
-        if (~has_tz).any():
-            out[~has_tz] = _naive_to_utc_ns(naive, tz)[~has_tz]
-            if info is not None:
-                info["naive_tz"] = tz
-        return out
-    best, best_n = None, -1
-    formats = _fallback_formats(date_order)
-    for fmt in formats:
-        parsed = pc.strptime(s, format=fmt, unit="s", error_is_null=True)
-        n = len(parsed) - parsed.null_count
-        if n == len(parsed):
-            _note_dates(info, fmt, parsed)
-            if info is not None:
-                info["naive_tz"] = tz
-            return _naive_to_utc_ns(parsed, tz)
-        if n > best_n:
-            best, best_n = parsed, n
-    # error: name the first row that the most successful layout could not read (ISO rows count as read)
-    iso_ok = np.asarray(pc.is_valid(m).to_numpy(zero_copy_only=False), bool)
-    ok = iso_ok if iso_ok.sum() >= best_n else np.asarray(pc.is_valid(best).to_numpy(zero_copy_only=False), bool)
-    i = int(np.flatnonzero(~ok)[0])
-    hint = ""
-    other = "mdy" if date_order == "dmy" else "dmy"
-    for fmt in _fallback_formats(other):
-        if fmt not in formats and pc.strptime(s, format=fmt, unit="s", error_is_null=True).null_count == 0:
-            hint = (f"; dates are read {DATE_ORDERS[date_order]}, but they all read as {_date_layout(fmt)}: "
-                    f"pass --date-order {other}")
-            break
-    raise FileError(path, f"unparseable timestamp {s[i].as_py()!r} ({what}){hint}", row=int(rows[i]))
-
-
-def _timestamp_from_column(col: pa.ChunkedArray, name: str, tz: str, path, rows, date_order: str = "dmy",
-                           info: Optional[dict] = None) -> np.ndarray:
-    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    t = col.type
-    if pa.types.is_timestamp(t):
-        if col.null_count:
-            i = int(np.flatnonzero(np.asarray(pc.is_null(col).to_numpy(zero_copy_only=False)))[0])
-            raise FileError(path, f"missing timestamp ({name})", row=int(rows[i]))
-        if t.tz is not None:
-            return np.asarray(pc.cast(pc.cast(col, pa.timestamp("ns", tz="UTC")), pa.int64())
-                              .to_numpy(zero_copy_only=False), np.int64)
-        if info is not None:
-            info["naive_tz"] = tz
-        return _naive_to_utc_ns(col, tz)
-    if pa.types.is_integer(t) or pa.types.is_floating(t):
-        x = col.to_numpy(zero_copy_only=False)
-        bad = ~np.isfinite(x.astype(np.float64))
-        if bad.any():
-            raise FileError(path, f"missing timestamp ({name})", row=int(rows[int(np.flatnonzero(bad)[0])]))
-        return _epoch_to_ns(x)
-    if pa.types.is_date(t):
-        col = pc.cast(pc.cast(col, pa.date32()), pa.timestamp("s"))
-        if info is not None:
-            info["naive_tz"] = tz
-        return _naive_to_utc_ns(col, tz)
-    if pa.types.is_dictionary(t):
-        col = col.dictionary_decode()
-    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
-        col = pc.cast(col, pa.string())
-    return parse_time_strings(col, tz, path, rows, name, date_order, info)
+def _cast_fails(text: pa.Array) -> bool:
+    try:
+        pc.cast(text, pa.float64())
+        return False
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return True
 
 
 def _as_str(col) -> pa.Array:
@@ -444,15 +356,15 @@ def _table_to_chunk(table: pa.Table, path: Path, display: str, rows: np.ndarray,
     missing = [c for c in PRICE_COLS if c not in cols]
     info: dict = {}
     if "datetime" in cols:
-        ts = _timestamp_from_column(col("datetime"), "datetime", tz, display, rows, date_order, info)
+        ts = column_to_utc_ns(col("datetime"), "datetime", tz, display, rows, date_order, info)
     elif "timestamp" in cols:
-        ts = _timestamp_from_column(col("timestamp"), "timestamp", tz, display, rows, date_order, info)
+        ts = column_to_utc_ns(col("timestamp"), "timestamp", tz, display, rows, date_order, info)
     elif "date" in cols and "time" in cols:
         d, t = _as_str(col("date")), _as_str(col("time"))
         joined = pc.binary_join_element_wise(pc.utf8_trim_whitespace(d), pc.utf8_trim_whitespace(t), " ")
         ts = parse_time_strings(joined, tz, display, rows, "date+time", date_order, info)
     elif "date" in cols:
-        ts = _timestamp_from_column(col("date"), "date", tz, display, rows, date_order, info)
+        ts = column_to_utc_ns(col("date"), "date", tz, display, rows, date_order, info)
     else:
         missing.insert(0, "datetime (or timestamp, or date+time)")
         ts = None
@@ -484,8 +396,30 @@ def read_text(path: Path, display: str, tz: str, date_order: str = "dmy") -> Raw
         data = path.read_bytes()
     except OSError as e:
         raise FileError(display, f"cannot read file ({e.strerror or e})")
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = b"   " + data[3:]  # keep byte offsets (and so line numbers)
+    try:
+        return _read_text(data, path, display, tz, date_order)
+    except FileError as e:
+        if e.symbols is None:   # a broken vendor file fails every symbol it held
+            e.symbols = _vendor_symbols(data)
+        raise
+
+
+def _vendor_symbols(data: bytes) -> Optional[list]:
+    """Error path only: the symbols of a file in the headerless vendor layout."""
+    text = _head_text(data)
+    line = _first_line(text[:65536])
+    if line is None:
+        return None
+    delim = _delimiter(line)
+    if _headerless(text[:65536], delim)[0] != "vendor":
+        return None
+    return _salvage_symbols(text.encode("utf-8", "replace"), delim) or None
+
+
+def _read_text(data: bytes, path: Path, display: str, tz: str, date_order: str) -> RawChunk:
+    data = _as_utf8(data, display)
+    if data.count(b"\r") != data.count(b"\r\n"):  # a lone CR ends a line for pyarrow: for line numbers too
+        data = re.sub(rb"\r(?!\n)", b"\n", data)
     text_head = data[:65536].decode("utf-8", "replace")
     line = _first_line(text_head)
     if line is None:
@@ -500,26 +434,25 @@ def read_text(path: Path, display: str, tz: str, date_order: str = "dmy") -> Raw
         if len(tickers) > 1:
             raise FileError(display, f"yfinance export holds {len(tickers)} tickers ({', '.join(tickers)}): "
                                      f"save one ticker per file")
-        col_names = [f"c{i}" for i in range(len(names))]
-        skip = 3
-        rows = line_nos[3:]
+        header_lines = 3
     elif header:
         names = [f.strip() for f in fields]
-        col_names = [f"c{i}" for i in range(len(names))]
-        skip = 1
-        rows = line_nos[1:]
+        header_lines = 1
     else:
-        layout = _headerless_layout(fields)
+        layout, fields = _headerless(text_head, delim)
         if layout is None:
-            raise FileError(display, f"no header line, and the first line is not the vendor layout "
+            raise FileError(display, f"no header line, and the first lines are not the vendor layout "
                                      f"{VENDOR_LAYOUT}")
         base = ["symbol", "date", "time"] if layout == "vendor" else ["date", "time"]
         extra = ["open", "high", "low", "close", "volume", "oi"]
         n = len(fields)
         names = (base + extra)[:n] + [f"extra{i}" for i in range(max(0, n - len(base) - len(extra)))]
-        col_names = [f"c{i}" for i in range(n)]
-        skip = 0
-        rows = line_nos
+        header_lines = 0
+    if len(line_nos) <= header_lines:
+        raise FileError(display, "empty file (no data rows)")
+    col_names = [f"c{i}" for i in range(len(names))]
+    skip = int(line_nos[header_lines - 1]) if header_lines else 0   # pyarrow counts blank lines here
+    rows = line_nos[header_lines:]
     try:
         table = pacsv.read_csv(
             io.BytesIO(data),
@@ -530,27 +463,20 @@ def read_text(path: Path, display: str, tz: str, date_order: str = "dmy") -> Raw
                                                  strings_can_be_null=True, quoted_strings_can_be_null=True),
         )
     except pa.ArrowInvalid as e:
-        msg = str(e).splitlines()[0]
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         row = None
         m = re.search(r"Expected (\d+) columns, got (\d+)", msg)
         if m:  # error path: find the line with the wrong number of fields
-            want = int(m.group(1))
-            for no, ln in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
-                if ln.strip() and no > skip and len(_split_line(ln, delim)) != want:
-                    row = no
-                    break
+            row = _ragged_line(data, delim, len(col_names), skip)
             msg = f"expected {m.group(1)} fields, got {m.group(2)}"
-        syms = _salvage_symbols(data, delim) if not header and _headerless_layout(fields) == "vendor" else None
-        raise FileError(display, f"malformed CSV: {msg}", row=row, symbols=syms)
+        raise FileError(display, f"malformed CSV: {msg}", row=row) from None
     table = table.rename_columns(names)
     if len(rows) != table.num_rows:  # quoted newlines or similar: fall back to row indices
         rows = np.arange(1 + skip, table.num_rows + 1 + skip, dtype=np.int64)
     try:
         return _table_to_chunk(table, path, display, rows, tz, False, {}, date_order)
     except FileError as e:
-        if e.symbols is None and not header and _headerless_layout(fields) == "vendor":
-            e.symbols = _salvage_symbols(data, delim)
-        elif e.symbols is None and header and "symbol" in [n.lower() for n in names]:
+        if e.symbols is None and header and "symbol" in [n.lower() for n in names]:
             try:
                 e.symbols = sorted(set(pc.unique(pc.drop_null(table.column(
                     [n.lower() for n in names].index("symbol")))).to_pylist()) - {""})

@@ -3,13 +3,17 @@
     python -m experiments.backtest [--process-data] [--raw-data-dir D] [--processed-data-dir D]
         [--symbols S ... | all] [--initial-capital X] [--report-file F] [--output-dir DIR]
         [--split train|val|test|all] [--policy NAME | --model PATH] [--cost-model M] [--slippage-ticks N]
-        [--lot-size N] [--allow-overnight] [--checkpoint-dir D]
+        [--lot-size N] [--allow-overnight] [--checkpoint-dir D] [--run NAME] [--tearsheet]
+        [--risk-free-rate R]
 
-With neither --model nor --policy each symbol's model is found by the seed's loading priority
-(`{checkpoint_dir}/*/models/{symbol}_final_model.pth`, then MAML, MoE, PPO stage files, newest run first);
-without one the momentum baseline runs instead, and the output says which. The flat, buy-and-hold, random and
-momentum baselines always run beside it. Outputs are staged under temporary names and moved into place only
-when every symbol has finished, so a failed run leaves no report that looks complete.
+With neither --model nor --policy each symbol's model is found by the loading priority
+(`jaxtrade.checkpoints.find_model`): in the most recent run under --checkpoint-dir holding a finished model of the
+symbol (or in --run), final > maml > moe > ppo, each as its `.pth` file or else its Orbax checkpoint; the output
+names what was loaded and from which run, which run was chosen when several hold models, and which partly
+finished stage was skipped and why. A symbol with no model at all runs the momentum baseline instead, and the
+output says so. The flat, buy-and-hold, random and momentum baselines always run beside it. Outputs are staged
+under temporary names and moved into place only when every symbol has finished, so a failed run leaves no report
+that looks complete.
 """
 
 from __future__ import annotations
@@ -59,9 +63,17 @@ def define_flags() -> None:
            "Units per lot (default: the symbol's current NSE lot; 1 for an unknown symbol).")
     define(flags.DEFINE_boolean, "allow_overnight", False, "Hold positions across sessions (default intraday).")
     define(flags.DEFINE_string, "checkpoint_dir", "checkpoints", "Where trained runs are looked for.")
+    define(flags.DEFINE_string, "run", None,
+           "Load models from this run ({checkpoint_dir}/{run}) instead of the most recent run holding the symbol's "
+           "model.")
     define(flags.DEFINE_integer, "max_lots", 1, "Largest position in lots (actions -max_lots..max_lots).")
     define(flags.DEFINE_integer, "seed", 0, "Seed of the random baseline.")
     define(flags.DEFINE_boolean, "plots", True, "Write equity.png per symbol (needs matplotlib).")
+    define(flags.DEFINE_boolean, "tearsheet", False,
+           "Also write {output_dir}/{symbol}/tearsheet.html: one self-contained page of plots and tables "
+           "(plots need matplotlib).")
+    define(flags.DEFINE_float, "risk_free_rate", 0.0,
+           "Annual risk-free rate (0.065 = 6.5%) that Sharpe and Sortino subtract, per session compounded.")
 
 
 def _check_flags() -> None:
@@ -74,8 +86,17 @@ def _check_flags() -> None:
         raise InputError(f"--lot-size must be positive, got {F.lot_size:g}")
     if F.max_lots < 1:
         raise InputError(f"--max-lots must be >= 1, got {F.max_lots}")
+    if not -1.0 < F.risk_free_rate < 1.0:
+        raise InputError(f"--risk-free-rate: expected an annual rate as a fraction (0.065 for 6.5%), got "
+                         f"{F.risk_free_rate:g}")
     if F.model and F.policy:
         raise InputError("--model and --policy: give one of them, not both")
+    if F.run is not None and (F.model or F.policy):
+        raise InputError(f"--run: picks the run whose models are loaded; it does not combine with "
+                         f"{'--model' if F.model else '--policy'}")
+    if F.run is not None:
+        from jaxtrade.checkpoints import run_directory
+        run_directory(F.checkpoint_dir, F.run)  # a clear error before any data is processed
     if F.policy:
         from jaxtrade.policies import is_baseline, make_baseline
         if not is_baseline(F.policy):
@@ -137,19 +158,31 @@ def _symbols(processed_dir: Path) -> list[str]:
 
 
 def _choose_policy(market, shared_model):
-    """(policy, one line saying what was chosen)."""
-    from jaxtrade import policies as P
+    """(policy, lines saying what was chosen: notes first, then the choice)."""
+    from jaxtrade import checkpoints as C, policies as P
     F = FLAGS
     if shared_model is not None:
-        return shared_model, f"model {shared_model.source}"
+        return shared_model, [f"model {shared_model.source}"]
     if F.policy:
-        return P.make_baseline(F.policy, max_lots=F.max_lots, scaler=market.scaler), f"policy {F.policy}"
-    found = P.find_model(F.checkpoint_dir, market.symbol)
-    if found is not None:
-        return P.load_policy(found), f"model {found} (loading priority final > maml > moe > ppo)"
-    looked = f"{F.checkpoint_dir}/*/models/{market.symbol}_{{final_model,maml_stage3_final,moe_stage2,ppo_stage1}}.pth"
+        return P.make_baseline(F.policy, max_lots=F.max_lots, scaler=market.scaler), [f"policy {F.policy}"]
+    search = C.find_model(F.checkpoint_dir, market.symbol, run=F.run)
+    if search.found is not None:
+        return (P.load_policy(search.found.path),
+                [*search.notes, f"model {search.found.describe()} ({C.PRIORITY_TEXT})"])
     return (P.make_baseline("momentum", max_lots=F.max_lots, scaler=market.scaler),
-            f"no trained model ({looked} not found): ran the momentum baseline instead")
+            [*search.notes, f"no trained model ({search.looked} not found): ran the momentum baseline instead"])
+
+
+def _load_model_flag():
+    """The --model policy; a stage directory whose latest checkpoint is not finished loads as asked, said."""
+    from jaxtrade import checkpoints as C, policies as P
+    path = Path(FLAGS.model)
+    if path.is_dir():
+        finished, why = C.stage_status(path)
+        if finished is False:
+            print(f"notice: --model {path}: {why}; loading that checkpoint as asked, not a finished stage",
+                  flush=True)
+    return P.load_policy(path)
 
 
 def _config_for(policy, config):
@@ -175,6 +208,17 @@ def _config_for(policy, config):
         lines.append(f"trained with {', '.join(differs)}: pass --slippage-ticks / --cost-model to backtest as "
                      f"trained")
     return config, lines
+
+
+def _write_tearsheet(market, policy, config, main_result, baselines, path) -> list[str]:
+    """tearsheet.html for one symbol, with the expert-by-regime table of a mixture-of-experts model and the
+    before/after numbers of an adapted one when the model file gives them."""
+    from jaxtrade import backtest as B, tearsheet
+
+    extras = {}
+    if policy.source and Path(policy.source).exists():
+        extras = tearsheet.model_extras(policy.source, market, B.build_env(market, config)[0], config.split)
+    return tearsheet.write_tearsheet(main_result, baselines, path, plots=FLAGS.plots, **extras)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -206,10 +250,11 @@ def main(argv) -> int:
     from jaxtrade.data import load_market
 
     markets = [load_market(processed_dir, s, price_dtype=jnp.float64) for s in symbols]
-    shared_model = P.load_policy(F.model) if F.model else None
+    shared_model = _load_model_flag() if F.model else None
     config = B.BacktestConfig(split=F.split, cost_model=F.cost_model, slippage_ticks=F.slippage_ticks,
                               lot_size=F.lot_size, allow_overnight=F.allow_overnight,
-                              initial_capital=F.initial_capital, max_lots=F.max_lots, seed=F.seed)
+                              initial_capital=F.initial_capital, max_lots=F.max_lots, seed=F.seed,
+                              risk_free_rate=F.risk_free_rate)
 
     out_dir = Path(F.output_dir)
     report_path = Path(F.report_file) if F.report_file else out_dir / "backtest_report.txt"
@@ -223,11 +268,13 @@ def main(argv) -> int:
     committed = False
     try:
         staging.mkdir()
-        per_symbol, notices, capitals = [], [], {}
+        per_symbol, notices, capitals, chosen_lines = [], [], {}, []
         for market in markets:
             t_sym = time.perf_counter()
             policy, chosen = _choose_policy(market, shared_model)
-            print(f"{market.symbol}: {chosen}", flush=True)
+            for line in chosen:
+                print(f"{market.symbol}: {line}", flush=True)
+            chosen_lines += [f"{market.symbol}: {line}" for line in chosen]
             sym_config, lines = _config_for(policy, config)
             for line in lines:
                 print(f"{market.symbol}: {line}", flush=True)
@@ -236,6 +283,9 @@ def main(argv) -> int:
                       for name in P.BASELINES if name != policy.name or policy.source]
             main_result, *baselines = B.backtest_many(market, [policy, *others], sym_config)
             notices += R.write_symbol_outputs(main_result, baselines, staging / market.symbol, plot=F.plots)
+            if F.tearsheet:
+                notices += _write_tearsheet(market, policy, sym_config, main_result, baselines,
+                                            staging / market.symbol / "tearsheet.html")
             per_symbol.append((main_result, baselines))
             print(f"{market.symbol}: {F.split} split {main_result.start[:10]} .. {main_result.end[:10]}, "
                   f"{main_result.num_bars:,} bars, {main_result.num_sessions} sessions; "
@@ -244,7 +294,7 @@ def main(argv) -> int:
             capital = f"initial capital {next(iter(capitals.values())):,.0f}"
         else:
             capital = "initial capital " + ", ".join(f"{s} {c:,.0f}" for s, c in capitals.items())
-        header = [f"split: {F.split}; symbols: {', '.join(symbols)}; {capital}"]
+        header = [f"split: {F.split}; symbols: {', '.join(symbols)}; {capital}", *chosen_lines]
         text = R.render_report(per_symbol, header)
         report_tmp.write_text(text)
         # Commit: every symbol's directory, then the report (the last file to appear).

@@ -52,6 +52,7 @@ class BacktestConfig:
     seed: int = 0  # the random baseline's key stream
     cost_as_of: _dt.date | None = None  # rates (STT) in force on this date; None: the split's first session
     bootstrap_resamples: int = 2000
+    risk_free_rate: float = 0.0  # annual; Sharpe and Sortino use its per-session equivalent
 
 
 @dataclasses.dataclass
@@ -77,6 +78,9 @@ class BacktestResult:
     synthetic: bool
     env_stats: dict[str, Any]  # the environment's own per-episode statistics (cross-check)
     wall_s: float
+    bar_minutes: int = 1
+    risk_free_rate: float = 0.0  # annual
+    target: np.ndarray | None = None  # [bars] lots held from each bar's open fill (row 0: 0); tear sheet, metrics
 
     def metrics_record(self) -> dict:
         """metrics.json: section 7's keys + symbol, model, split, start, end, the Sharpe CI and context."""
@@ -88,7 +92,7 @@ class BacktestResult:
                    verdict=self.verdict, bars=self.num_bars, sessions=self.num_sessions,
                    cost_model=self.cost_model, lot_size=self.lot_size, slippage_ticks=self.slippage_ticks,
                    initial_capital=self.initial_capital, final_equity=float(self.equity["equity"][-1]),
-                   allow_overnight=self.allow_overnight, synthetic=self.synthetic)
+                   allow_overnight=self.allow_overnight, synthetic=self.synthetic, risk_free_rate=self.risk_free_rate)
         return rec
 
 
@@ -178,7 +182,8 @@ def reconstruct_trades(*, bars: np.ndarray, action: np.ndarray, open_: np.ndarra
                        ledger_costs: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Round trips from the position path (host, float64), mirroring `env.step`'s fills.
 
-    Per step at bar b (t+1): the target `action - max_lots` (flat where MUST_BE_FLAT) fills at open[b] +/-
+    Per step at bar b (t+1): the target `action - max_lots` (action clipped to [0, 2 max_lots]; flat where
+    MUST_BE_FLAT) fills at open[b] +/-
     slippage; at a square-off (session's last bar when intraday, and the episode's last step) the position
     closes at close[b] -/+ slippage. A round trip ends when the position returns to 0 or flips sign; a flip's
     order cost goes to the closing trip in proportion |old units| / |order units|, the rest to the new trip.
@@ -187,7 +192,7 @@ def reconstruct_trades(*, bars: np.ndarray, action: np.ndarray, open_: np.ndarra
     bars = np.asarray(bars, np.int64)
     n = len(bars)
     must_flat = (np.asarray(flags)[bars] & E.MUST_BE_FLAT) != 0
-    tgt_lots = np.where(must_flat, 0, np.asarray(action, np.int64) - max_lots)
+    tgt_lots = np.where(must_flat, 0, np.clip(np.asarray(action, np.int64), 0, 2 * max_lots) - max_lots)
     lot = np.asarray(lot_size, np.float64)[bars]
     tgt_units = tgt_lots * lot
     last = (np.asarray(flags)[bars] & E.LAST_BAR) != 0
@@ -336,11 +341,18 @@ def _result(market, config, params, cost_name, policy, ledger, stats, wall) -> B
         slippage=float(params.slippage), allow_overnight=config.allow_overnight,
         costs=jax.tree.map(float, params.costs), ledger_costs=ledger["costs"])
     session = np.asarray(market.data.session)[lo_bar:hi_bar]
+    # Lots held from each bar's open fill (before any square-off at its close): holding time and turnover.
+    must_flat = (np.asarray(params.bar_flags)[bars] & E.MUST_BE_FLAT) != 0
+    target = np.r_[0, np.where(must_flat, 0, ledger["action"].astype(np.int64) - params.max_lots)]
+    traded = M.traded_value(target, equity["position"], lot_arr[lo_bar:hi_bar], open_[lo_bar:hi_bar],
+                            equity["close"])
     raw = M.compute_metrics(equity["equity"], session, equity["position"], equity["costs"], trades["net_pnl"],
-                            cap)
+                            cap, risk_free_rate=config.risk_free_rate, trade_gross_pnl=trades["gross_pnl"],
+                            trade_costs=trades["costs"], target=target, traded=traded)
     metrics = M.host_metrics(raw)
     daily = M.daily_returns(equity["equity"], session, cap)
-    ci = M.sharpe_bootstrap_ci(daily, num_resamples=config.bootstrap_resamples, seed=0)
+    ci = M.sharpe_bootstrap_ci(daily, num_resamples=config.bootstrap_resamples, seed=0,
+                               risk_free=M.daily_risk_free(config.risk_free_rate))
     verdict = M.judge_sample(len(daily), ci)
     ruined = np.flatnonzero(equity["equity"] <= 0)
     if len(ruined):
@@ -355,7 +367,8 @@ def _result(market, config, params, cost_name, policy, ledger, stats, wall) -> B
         num_bars=hi_bar - lo_bar, num_sessions=s_hi - s_lo, cost_model=cost_name,
         lot_size=float(lot_arr[lo_bar]), slippage_ticks=float(config.slippage_ticks), initial_capital=cap,
         allow_overnight=bool(config.allow_overnight), synthetic=market.synthetic, env_stats=stats,
-        wall_s=wall + time.perf_counter() - t0)
+        wall_s=wall + time.perf_counter() - t0, bar_minutes=int(market.bar_minutes),
+        risk_free_rate=float(config.risk_free_rate), target=target.astype(np.int32))
 
 
 def timestamps_utc_ns(local_ist: np.ndarray) -> np.ndarray:

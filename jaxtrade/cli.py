@@ -125,6 +125,63 @@ def print_help(full: bool = False, stream=None) -> None:
     stream.write("\n\n".join(p for p in parts if p) + "\n")
 
 
+def parse_flags(args: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+    """Parse normalised argv into `flag_values`; bad flags are one line on stderr and exit code 2."""
+    try:
+        return flag_values(list(args))
+    except flags.Error as e:
+        message = str(e).splitlines()[0] if str(e) else "bad flags"
+        while message.upper().startswith("ERROR:"):  # absl's flagfile errors carry their own "ERROR::"
+            message = message[6:].lstrip(": ")
+        die(message)
+
+
+def call_main(main: Callable[[list[str]], int | None], args: list[str]):
+    """Run `main(args)` with DESIGN section 9's error contract: `InputError` -> one line, exit 2; `GateFailure`
+    -> exit 1; anything else -> one line (the traceback only in the debug log), exit 1. Returns main's value
+    (an exit code or None) or raises SystemExit."""
+    if len(args) > 1:
+        die(f"unexpected positional arguments: {' '.join(args[1:])}")
+    try:
+        return main(args)
+    except InputError as e:
+        die(str(e))
+    except GateFailure as e:
+        sys.stderr.write(f"gates failed: {e}\n")
+        sys.exit(1)
+    except FileNotFoundError as e:
+        die(f"{e.filename or e}: file not found")
+    except KeyboardInterrupt:
+        die("interrupted", 130)
+    except Exception as e:  # noqa: BLE001 - last resort: keep a traceback in the log, one line on stderr
+        logging.debug("%s", traceback.format_exc())
+        die(f"{type(e).__name__}: {e}".splitlines()[0], 1)
+
+
+def exit_status(code) -> int:
+    """The process exit status the interpreter gives `sys.exit(code)` (a string is printed, status 1)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    sys.stderr.write(f"{code}\n")
+    return 1
+
+
+def invoke(main: Callable[[list[str]], int | None], argv: Sequence[str], flag_values: flags.FlagValues,
+           list_flags: Iterable[str] = ()) -> int:
+    """What `run` does, inside this process and without ending it: the same argv rewriting, flag parsing,
+    error lines and exit codes, returned as the exit status. For tests that drive a command many times
+    (`flag_values` is a private `flags.FlagValues` so the global flags stay untouched); `run` is the
+    command line."""
+    try:
+        args = parse_flags(normalize_argv(list(argv), list_flags), flag_values)
+        code = call_main(main, args)
+    except SystemExit as e:
+        code = e.code
+    return exit_status(code)
+
+
 def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = None,
         list_flags: Iterable[str] = ()) -> None:
     """`absl.app.run` with both flag spellings, one-line errors and the exit codes of DESIGN section 9. Never
@@ -135,36 +192,12 @@ def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = No
         print_help(full="--helpfull" in argv)
         sys.exit(0)
 
-    def parser(args):
-        try:
-            return flags.FLAGS(args)
-        except flags.Error as e:
-            message = str(e).splitlines()[0] if str(e) else "bad flags"
-            while message.upper().startswith("ERROR:"):  # absl's flagfile errors carry their own "ERROR::"
-                message = message[6:].lstrip(": ")
-            die(message)
-
     def guarded(args):
         quiet_library_logs()
-        if len(args) > 1:
-            die(f"unexpected positional arguments: {' '.join(args[1:])}")
-        try:
-            return main(args)
-        except InputError as e:
-            die(str(e))
-        except GateFailure as e:
-            sys.stderr.write(f"gates failed: {e}\n")
-            sys.exit(1)
-        except FileNotFoundError as e:
-            die(f"{e.filename or e}: file not found")
-        except KeyboardInterrupt:
-            die("interrupted", 130)
-        except Exception as e:  # noqa: BLE001 - last resort: keep a traceback in the log, one line on stderr
-            logging.debug("%s", traceback.format_exc())
-            die(f"{type(e).__name__}: {e}".splitlines()[0], 1)
+        return call_main(main, args)
 
     try:
-        app.run(guarded, argv=argv, flags_parser=parser)
+        app.run(guarded, argv=argv, flags_parser=parse_flags)
     except SystemExit as e:
         _exit_skipping_native_teardown(e.code)
 
@@ -177,13 +210,7 @@ def _exit_skipping_native_teardown(code) -> None:
     `data_tools.process` on a loaded machine, after all output was written. So: shut threads down and join
     them (`threading._shutdown`), run the `atexit` handlers (absl, Orbax, JAX), flush, then `os._exit`.
     """
-    if code is None:
-        status = 0
-    elif isinstance(code, int):
-        status = code
-    else:  # sys.exit("message"): the interpreter prints it and exits 1
-        sys.stderr.write(f"{code}\n")
-        status = 1
+    status = exit_status(code)
     # What Py_Finalize does first: the hooks of `threading._register_atexit` (they wake idle
     # ThreadPoolExecutor workers, which would otherwise wait forever), then join every non-daemon thread.
     shutdown = getattr(threading, "_shutdown", None)

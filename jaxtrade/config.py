@@ -49,6 +49,8 @@ class RunConfig:
     eval_split: str = "val"  # split the gates read
     report_split: str = "test"
     log_every: int = 10  # iterations between progress lines
+    tearsheet: bool = True  # the report also writes {output_dir}/{symbol}/tearsheet.html
+    risk_free_rate: float = 0.0  # annual; Sharpe and Sortino (gates, final-model choice, report) subtract it
 
     def __post_init__(self):
         bad = [s for s in self.stages if s not in STAGES]
@@ -61,6 +63,9 @@ class RunConfig:
             raise InputError(f"--final_metric: {self.final_metric!r} is not one of {', '.join(FINAL_METRICS)}")
         if self.checkpoint_every < 1:
             raise InputError(f"--checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if not -1.0 < self.risk_free_rate < 1.0:
+            raise InputError(f"--risk_free_rate: expected an annual rate as a fraction (0.065 for 6.5%), got "
+                             f"{self.risk_free_rate}")
         for name in ("eval_split", "report_split"):  # checked now, not after hours of training
             if getattr(self, name) not in SPLITS:
                 raise InputError(f"--{name}: unknown split {getattr(self, name)!r} (choose from {', '.join(SPLITS)})")

@@ -2,8 +2,8 @@
 
 Lot sizes changed four times in two years. `lot_size(symbol)` is the current contract (DESIGN section 3's
 default); `lot_schedule(symbol)` is the dated history so that a 2021 backtest can trade 2021's lots.
-Sources: ../shared/nse-facts.md (collected Nov 2026); dates before Nov 2024 are the months the facts give
-(approximate to the series boundary, marked so).
+Sources: NSE circulars and news collected Nov 2026, cited per entry below (docs/environment.md); dates before
+Nov 2024 are the months the facts give (approximate to the series boundary, marked so).
 """
 
 from __future__ import annotations

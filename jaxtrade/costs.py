@@ -4,7 +4,7 @@ Every rate is a named field of `CostParams` (a pytree, so a cost model can be `v
 recompiling), and each preset keeps, beside its numbers, where each number came from and the date it was read
 (`CostModel.sources`), so that a report can say what a backtest assumed. Rates change by circular or budget:
 `cost_model(name, as_of=date)` picks the securities-transaction-tax rate in force on that date; the other rates
-are the current ones (see ../shared/nse-facts.md, read 2026-11).
+are the current ones (brokers' notes and exchange circulars, read 2026-11; docs/environment.md lists them).
 
 All amounts are rupees; `qty` is signed units (lots x lot size, + buy, - sell); `price` is the fill price
 (for options presets: the option premium).

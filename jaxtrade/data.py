@@ -168,6 +168,7 @@ def load_market(processed_dir, symbol: str, *, split_fractions=DEFAULT_SPLIT_FRA
     if n == 0:
         raise InputError(f"{path}: no rows")
     ts = cols["timestamp"]
+    _check_prices(path, cols)
     if np.any(np.diff(ts.astype(np.int64)) <= 0):
         raise InputError(f"{path}: timestamps are not strictly increasing (re-run data_tools.process)")
     session_raw = cols["session"]
@@ -214,6 +215,19 @@ def scale_features(raw: np.ndarray, session_start, session_end, train: tuple[int
     end_bar = int(np.asarray(session_end)[hi - 1]) + 1
     scaler = F.fit_scaler(raw[first_bar:end_bar])
     return scaler, F.apply_scaler(raw, scaler).astype(np.float32)
+
+
+def _check_prices(path: Path, cols) -> None:
+    """Every price finite and positive (features take logs of them) and every volume finite and >= 0; else an
+    InputError naming the first bad row."""
+    checks = {k: np.isfinite(cols[k]) & (cols[k] > 0) for k in ("open", "high", "low", "close")}
+    checks["volume"] = np.isfinite(cols["volume"]) & (cols["volume"] >= 0)
+    ok = np.all(list(checks.values()), axis=0)
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        bad = ", ".join(f"{k}={float(cols[k][i])!r}" for k, good in checks.items() if not good[i])
+        raise InputError(f"{path}: row {i} ({str(cols['timestamp'][i])[:16]}): non-positive or non-finite value "
+                         f"({bad}); re-run data_tools.process on the raw file")
 
 
 def _infer_bar_minutes(ts: np.ndarray, session: np.ndarray) -> int:

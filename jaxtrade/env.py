@@ -9,7 +9,9 @@ position is marked to market at bar t+1's close. Intraday by default: a position
 last bar is squared off at that bar's close (plus slippage and costs), so every session ends flat; with a
 square-off time, bars from that time on force the target to flat (filled at their open). An episode is one or
 more whole sessions sampled from a split; `step` resets automatically when an episode ends, and `info` keeps
-the finished episode's statistics and its last observation.
+the finished episode's statistics and its last observation. An action outside [0, 2 max_lots] is clipped to
+the nearest target. An episode of a single one-bar session has no next bar: its one step stays on that bar,
+flat, and ends the episode (it never fills on the next session's bar).
 
 Money: PnL is computed as price differences times quantity (never as differences of large cash balances), so
 float32 training stays accurate; the backtester enables x64 and the same code runs in float64.
@@ -240,18 +242,22 @@ def reset(key: chex.PRNGKey, params: EnvParams) -> tuple[jax.Array, EnvState]:
 
 def step(key: chex.PRNGKey, state: EnvState, action: jax.Array, params: EnvParams
          ) -> tuple[jax.Array, EnvState, jax.Array, jax.Array, dict[str, Any]]:
-    """One bar. `action` in [0, 2 * max_lots]. Returns (obs [F+2], state, reward, done, info)."""
+    """One bar. `action` in [0, 2 * max_lots] (clipped). Returns (obs [F+2], state, reward, done, info)."""
     dt = params.close.dtype
-    t1 = state.t + 1
+    # An episode of one one-bar session (start == end) has no next bar: its single step stays on that bar, flat.
+    past_end = state.t >= state.end
+    t1 = jnp.minimum(state.t + 1, state.end)
     c0 = params.close[state.t]
     o1 = params.open[t1]
     c1 = params.close[t1]
     flags = params.bar_flags[t1]
     lot = params.lot_size[t1]
 
-    # 1. The order placed at bar t's close fills at bar t+1's open.
-    must_be_flat = (flags & MUST_BE_FLAT) != 0
-    target_lots = jnp.where(must_be_flat, 0, jnp.asarray(action, jnp.int32) - params.max_lots)
+    # 1. The order placed at bar t's close fills at bar t+1's open. An action outside [0, 2 max_lots] is clipped
+    # (a position never exceeds max_lots).
+    must_be_flat = ((flags & MUST_BE_FLAT) != 0) | past_end
+    target_lots = jnp.where(must_be_flat, 0,
+                            jnp.clip(jnp.asarray(action, jnp.int32), 0, 2 * params.max_lots) - params.max_lots)
     target_units = target_lots.astype(dt) * lot
     old_units = state.units
     qty = target_units - old_units

@@ -6,8 +6,9 @@ backtest is deterministic; only the `random` baseline uses `key` (the backtester
 
 Baselines by name (`make_baseline`): `flat`, `buy_and_hold`, `random`, `momentum` (`momentum_N` for another
 horizon N of `features.RETURN_HORIZONS`). Trained models: `policy_from_logits` (a Flax/JAX apply function),
-`torch_policy` (a PyTorch module through `jax.pure_callback`), `find_model` (the seed's loading priority) and
-`load_policy` (a `.pth` file or an Orbax directory, through `jaxtrade.export` / `jaxtrade.checkpoints`).
+`torch_policy` (a PyTorch module through `jax.pure_callback`) and `load_policy` (a `.pth` file or an Orbax
+directory, through `jaxtrade.export` / `jaxtrade.checkpoints`). Which model a backtest loads (the loading priority)
+is `jaxtrade.checkpoints.find_model`.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ ActFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 BASELINES = ("flat", "buy_and_hold", "random", "momentum")
 DEFAULT_MOMENTUM_HORIZON = 15
-# Loading priority of the seed guide: production, MAML, MoE, PPO.
-MODEL_SUFFIXES = ("_final_model.pth", "_maml_stage3_final.pth", "_moe_stage2.pth", "_ppo_stage1.pth")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +43,8 @@ class Policy:
     num_actions: int | None = None  # a trained model's action count (2 * max_lots + 1); None for baselines
     # a trained model's `--env.*` settings (initial_capital, slippage_ticks, ...), when its file records them
     training_env: dict | None = None
+    # a trained model's whole config (.pth) or meta (Orbax): feature scaling, symbol, network (jaxtrade.live)
+    config: dict | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 # ------------------------------------------------------------------------------------------ baselines
@@ -175,21 +176,6 @@ def torch_policy(module: Any, name: str, source: str | None = None) -> Policy:
     return Policy(name, act, source=source, description="greedy (argmax) PyTorch policy on the host")
 
 
-def find_model(checkpoint_dir, symbol: str) -> Path | None:
-    """The model the seed's backtester would load for `symbol`: `{checkpoint_dir}/*/models/{symbol}{suffix}`
-    for suffix in final -> maml stage 3 -> moe stage 2 -> ppo stage 1; within one suffix the newest run
-    (file modification time, then run name) first. None when there is none."""
-    root = Path(checkpoint_dir)
-    if not root.is_dir():
-        return None
-    for suffix in MODEL_SUFFIXES:
-        found = [p for p in root.glob(f"*/models/{symbol}{suffix}") if p.is_file()]
-        if found:
-            found.sort(key=lambda p: (p.stat().st_mtime, p.parent.parent.name), reverse=True)
-            return found[0]
-    return None
-
-
 def training_env(config: Any) -> dict | None:
     """The env settings a model trained under: `extra.training_env` of a `.pth` config, `settings.env` of an
     Orbax stage's meta; None for files that do not record them (older exports, foreign files)."""
@@ -230,7 +216,7 @@ def _as_policy(obj: Any, name: str, source: str) -> Policy:
         network = config.get("network") if isinstance(config, dict) else None
         num_actions = network.get("num_actions") if isinstance(network, dict) else None
         return Policy(name, obj, source=source, num_actions=None if num_actions is None else int(num_actions),
-                      training_env=training_env(config))
+                      training_env=training_env(config), config=config if isinstance(config, dict) else None)
     raise InputError(f"{source}: the loader returned {type(obj).__name__}, not a policy")
 
 

@@ -19,12 +19,18 @@ from jaxtrade import metrics as M
 from jaxtrade.backtest import BacktestResult, timestamps_utc_ns
 
 IST = "Asia/Kolkata"
-PCT = {"total_return", "cagr", "max_drawdown", "win_rate", "exposure"}
+PCT = {"total_return", "cagr", "max_drawdown", "win_rate", "exposure", "annual_volatility", "var_95", "cvar_95",
+       "cost_to_gross_pnl", "mean_max_drawdown"}
 RUPEES = {"avg_trade_pnl", "total_costs", "final_equity", "net_pnl"}
 LABELS = {"total_return": "total return", "cagr": "CAGR", "sharpe": "Sharpe", "sortino": "Sortino",
           "max_drawdown": "max drawdown", "calmar": "Calmar", "num_trades": "trades", "win_rate": "win rate",
           "profit_factor": "profit factor", "avg_trade_pnl": "avg trade PnL", "total_costs": "total costs",
-          "exposure": "exposure", "final_equity": "final equity", "sharpe_ci95": "Sharpe 95% CI"}
+          "exposure": "exposure", "final_equity": "final equity", "sharpe_ci95": "Sharpe 95% CI",
+          "annual_volatility": "annual volatility", "max_drawdown_duration": "max DD duration (sessions)",
+          "skew": "skew", "kurtosis": "excess kurtosis", "var_95": "daily VaR 95%", "cvar_95": "daily CVaR 95%",
+          "turnover": "turnover (x capital/session)", "avg_holding_bars": "avg holding (bars)",
+          "cost_to_gross_pnl": "costs / gross PnL", "mean_episode_return": "mean episode return",
+          "mean_max_drawdown": "mean max drawdown"}
 
 
 def fmt(key: str, value) -> str:
@@ -32,8 +38,10 @@ def fmt(key: str, value) -> str:
         return "n/a"
     if key == "sharpe_ci95":
         return f"[{value[0]:.2f}, {value[1]:.2f}]"
-    if key == "num_trades":
+    if key in ("num_trades", "max_drawdown_duration"):
         return f"{int(value):,}"
+    if key in ("turnover", "avg_holding_bars"):
+        return f"{value:,.2f}"
     if key in PCT:
         return f"{100.0 * value:.2f}%"
     if key in RUPEES:
@@ -153,8 +161,10 @@ def render_report(per_symbol: Sequence[tuple[BacktestResult, Sequence[BacktestRe
         parts += [symbol_section(main, baselines), ""]
     if len(per_symbol) > 1:
         parts += [aggregate_section(per_symbol), ""]
-    parts.append("Metrics: DESIGN section 7 (daily returns from each session's last equity; 252 sessions a "
-                 "year; risk-free 0; n/a = undefined for this sample). Sharpe CI: seeded stationary block "
+    rates = sorted({r.risk_free_rate for main, baselines in per_symbol for r in (main, *baselines)}) or [0.0]
+    rf = "risk-free 0" if rates == [0.0] else "risk-free " + ", ".join(f"{100 * x:g}%" for x in rates) + " a year"
+    parts.append(f"Metrics: docs/metrics.md (daily returns from each session's last equity; 252 sessions a "
+                 f"year; {rf}; n/a = undefined for this sample). Sharpe CI: seeded stationary block "
                  "bootstrap of daily returns (Politis-Romano, mean block max(5, sqrt(n)), 2000 resamples).")
     return "\n".join(parts) + "\n"
 
@@ -211,10 +221,26 @@ def write_symbol_outputs(main: BacktestResult, baselines: Sequence[BacktestResul
                         for b in baselines}
     rec["env_stats"] = main.env_stats
     (d / "metrics.json").write_text(json.dumps(_json_safe(rec), indent=2) + "\n")
+    write_daily_returns(main, d / "daily_returns.csv")
     notices = []
     if plot and not plot_equity(main, d / "equity.png", baselines):
         notices.append("matplotlib is not installed (pip install 'jaxtrade[report]'): no equity.png written")
     return notices
+
+
+def session_dates(r: BacktestResult) -> np.ndarray:
+    """[sessions] datetime64[D]: the date of each session of a result, in the order of `r.daily_returns`."""
+    days = np.asarray(r.equity["timestamp"]).astype("datetime64[D]")
+    return days[M.session_last_rows(days)]
+
+
+def write_daily_returns(r: BacktestResult, path) -> None:
+    """`date,returns`: one row per session, the day's return (from its last bar's equity, the first against the
+    initial capital) at full precision, as quantstats and empyrical read it:
+    `pandas.read_csv(path, index_col="date", parse_dates=True)["returns"]`."""
+    lines = ["date,returns"]
+    lines += [f"{day},{float(ret)!r}" for day, ret in zip(session_dates(r), r.daily_returns)]
+    Path(path).write_text("\n".join(lines) + "\n")
 
 
 def plot_equity(main: BacktestResult, path, baselines: Sequence[BacktestResult] = ()) -> bool:

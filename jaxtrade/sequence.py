@@ -241,7 +241,7 @@ class SymbolContext:
         self.backtest_config = B.BacktestConfig(
             cost_model=env_cfg.cost_model, slippage_ticks=env_cfg.slippage_ticks, lot_size=self.lot_size,
             allow_overnight=env_cfg.allow_overnight, initial_capital=env_cfg.initial_capital,
-            max_lots=env_cfg.max_lots, seed=cfg.run.seed)
+            max_lots=env_cfg.max_lots, seed=cfg.run.seed, risk_free_rate=cfg.run.risk_free_rate)
 
     def eval_params(self, split: str):
         """float32 env params over `split` as one episode (for on-device evaluation traces)."""
@@ -666,10 +666,19 @@ def write_report(cfg: SequenceConfig, contexts, stage_models, final_models, out)
         main, others = results[0], results[1:]
         report.write_symbol_outputs(main, others, out_dir / symbol)
         per_symbol.append((main, others))
+        regimes = None
         if "moe" in stage_models[symbol]:
             net, prm = stage_models[symbol]["moe"]
             png = out_dir / symbol / "expert_regimes.png"
-            regime_sections.append(render_expert_regimes(expert_regimes(net, prm, ctx, split, png)))
+            regimes = dict(expert_regimes(net, prm, ctx, split, png), stage="moe")
+            regime_sections.append(render_expert_regimes(regimes))
+        if cfg.run.tearsheet:
+            from jaxtrade import tearsheet
+            summary = Path(cfg.run.checkpoint_dir) / cfg.run.run_name / symbol / "summary.json"
+            for notice in tearsheet.write_tearsheet(main, others, out_dir / symbol / "tearsheet.html",
+                                                    expert_regimes=regimes,
+                                                    adaptation=tearsheet.summary_adaptation(summary)):
+                out.write(f"note: {notice}\n")
     header = [f"run {cfg.run.run_name}; split {cfg.run.report_split}; stages {','.join(cfg.run.stages)}",
               seed_targets_section(per_symbol)]
     text = report.render_report(per_symbol, header_lines=header)

@@ -17,6 +17,13 @@ def session_timestamps(num_sessions: int, bars_per_session: int, bar_minutes: in
     return (start + np.arange(bars_per_session) * np.timedelta64(bar_minutes, "m")).ravel()
 
 
+def timestamps_for_sessions(lengths, bar_minutes: int = 5, first_day: str = "2024-01-01") -> np.ndarray:
+    """IST wall-clock bar START times for consecutive weekday sessions of the given numbers of bars, from 09:15."""
+    days = np.busday_offset(first_day, np.arange(len(lengths)), roll="forward").astype("datetime64[m]")
+    return np.concatenate([day + np.timedelta64(9 * 60 + 15, "m") + np.arange(n) * np.timedelta64(bar_minutes, "m")
+                           for day, n in zip(days, lengths)])
+
+
 def write_processed(directory, symbol: str, open_, high, low, close, timestamps_ist, *,
                     volume=None, bar_minutes: int = 5, synthetic: bool = False) -> Path:
     ts = np.asarray(timestamps_ist, dtype="datetime64[m]")

@@ -3,8 +3,6 @@ intraday flatness, no look-ahead, determinism, the policies and the model-loadin
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import jax
@@ -246,31 +244,6 @@ def test_trained_model_hooks(market):
     rb = B.backtest(market, torch_pol, lot_size=50)
     np.testing.assert_array_equal(ra.equity["position"], rb.equity["position"])
     np.testing.assert_allclose(ra.equity["equity"], rb.equity["equity"], rtol=0, atol=0)
-
-
-def test_find_model_priority(tmp_path):
-    ck = tmp_path / "checkpoints"
-    assert P.find_model(ck, "NIFTY") is None
-
-    def touch(run, name, age):
-        p = ck / run / "models" / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(b"x")
-        t = time.time() - age
-        os.utime(p, (t, t))
-        return p
-
-    ppo = touch("run1", "NIFTY_ppo_stage1.pth", 100)
-    assert P.find_model(ck, "NIFTY") == ppo
-    moe_old = touch("run1", "NIFTY_moe_stage2.pth", 100)
-    moe_new = touch("run2", "NIFTY_moe_stage2.pth", 10)
-    assert P.find_model(ck, "NIFTY") == moe_new
-    maml = touch("run1", "NIFTY_maml_stage3_final.pth", 1000)
-    assert P.find_model(ck, "NIFTY") == maml
-    final = touch("run0", "NIFTY_final_model.pth", 5000)
-    assert P.find_model(ck, "NIFTY") == final
-    assert P.find_model(ck, "BANKNIFTY") is None
-    assert moe_old.exists() and ppo.exists()
 
 
 def test_load_policy_rejects_a_file_that_is_not_a_model(tmp_path):

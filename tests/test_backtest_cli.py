@@ -51,6 +51,7 @@ BAD = {
     "unknown policy": ["--policy", "astrology", "--symbols", "NIFTY_15"],
     "missing model": ["--model", "/nonexistent/model.pth", "--symbols", "NIFTY_15"],
     "model and policy": ["--model", "/", "--policy", "flat", "--symbols", "NIFTY_15"],
+    "unknown run": ["--run", "no_such_run", "--symbols", "NIFTY_15"],
     "corrupt data": ["--symbols", "NIFTY_15", "BROKEN"],
     "fails mid-run": ["--symbols", "NIFTY_15", "ZZZ_15"],
     "unknown flag": ["--symbols", "NIFTY_15", "--frobnicate"],
