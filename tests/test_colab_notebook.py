@@ -32,6 +32,11 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
+    import jaxtrade
+
+    if not Path(jaxtrade.__file__).resolve().is_relative_to(REPO):
+        # The install cell would `pip install -e` this checkout into the test's environment: not from a test.
+        pytest.skip(f"jaxtrade is imported from {jaxtrade.__file__}, not from this checkout (pip install -e)")
     work = tmp_path / "run"
     monkeypatch.setenv("JAXTRADE_REPO", str(REPO))
     monkeypatch.setenv("JAXTRADE_WORK_DIR", str(work))
