@@ -5,6 +5,7 @@
     python -m experiments.bench moe [same flags as ppo]
     python -m experiments.bench maml [--processed_data_dir DIR --symbol SYMBOL] [--repeats 3] [--iterations 3]
     python -m experiments.bench learn [--checks ppo,ppo_costs,moe,maml,flat] [--seed 0]
+    python -m experiments.bench all --out bench.json [--vs_sb3]     # the whole suite (experiments/bench_suite.py)
 
 `ppo`: end-to-end PPO training throughput (rollout + GAE + update), env steps per second, the median of
 `--repeats` timed runs of `--iterations` iterations each, compile time reported separately. Without
@@ -29,6 +30,7 @@ import time
 
 from absl import app, flags
 
+from experiments import bench_suite
 from jaxtrade import cli
 
 FLAGS = flags.FLAGS
@@ -41,7 +43,7 @@ flags.DEFINE_integer("num_envs", 0, "override num_envs of every config (0: keep)
 flags.DEFINE_list("checks", ["ppo", "ppo_costs", "moe", "maml", "flat"], "learn: the checks to run")
 flags.DEFINE_integer("seed", 0, "learn: seed of the markets and the training")
 
-COMMANDS = ("env", "ppo", "maml", "moe", "learn")
+COMMANDS = ("env", "ppo", "maml", "moe", "learn", "all")
 
 
 def bench_env(argv) -> None:
@@ -324,7 +326,8 @@ def main(argv) -> None:
     if len(argv) > 2:
         cli.die(f"unexpected positional arguments: {' '.join(argv[2:])}")
     try:
-        {"env": bench_env, "ppo": bench_ppo, "maml": bench_maml, "moe": bench_moe, "learn": bench_learn}[argv[1]](argv)
+        {"env": bench_env, "ppo": bench_ppo, "maml": bench_maml, "moe": bench_moe, "learn": bench_learn,
+         "all": lambda a: bench_suite.bench_all(a, _ppo_configs())}[argv[1]](argv)
     except cli.InputError as e:
         cli.die(str(e))
 
