@@ -39,6 +39,7 @@ class RunConfig:
     run_name: str = "default"
     stages: tuple[str, ...] = STAGES
     seed: int = 0
+    seeds: int = 1  # seeds of each stage trained side by side in one program (vmap): seed, seed+1, ...
     overwrite: bool = False  # retrain finished stages instead of skipping them
     save_checkpoints: bool = True
     checkpoint_every: int = 50  # iterations between Orbax saves (the seed's monitoring.checkpoint_frequency)
@@ -57,7 +58,6 @@ class RunConfig:
     tearsheet: bool = True  # the report also writes {output_dir}/{symbol}/tearsheet.html
     risk_free_rate: float = 0.0  # annual; Sharpe and Sortino (gates, final-model choice, report) subtract it
     eval_every: int = 0  # iterations between on-device validation evaluations of a stage (0: none); early stopping
-    seeds: int = 1  # train each stage for this many seeds (--seed, --seed+1, ...): the ensemble's members
     final_model: str = "best"  # best: the best stage on validation; ensemble: the --seeds members of the best stage
     ensemble_rule: str = "mean"  # mean: mean of the members' action probabilities; vote: majority of their actions
 
@@ -70,6 +70,8 @@ class RunConfig:
             raise InputError(f"--stages must be in the order ppo, moe, maml; got {','.join(self.stages)}")
         if self.final_metric not in FINAL_METRICS:
             raise InputError(f"--final_metric: {self.final_metric!r} is not one of {', '.join(FINAL_METRICS)}")
+        if not isinstance(self.seeds, int) or self.seeds < 1:
+            raise InputError(f"--seeds must be an integer >= 1, got {self.seeds}")
         if self.checkpoint_every < 1:
             raise InputError(f"--checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if not -1.0 < self.risk_free_rate < 1.0:
@@ -77,8 +79,6 @@ class RunConfig:
                              f"{self.risk_free_rate}")
         if self.eval_every < 0:
             raise InputError(f"--eval_every must be >= 0 (0: no evaluations), got {self.eval_every}")
-        if self.seeds < 1:
-            raise InputError(f"--seeds must be >= 1, got {self.seeds}")
         if self.final_model not in FINAL_MODELS:
             raise InputError(f"--final_model: {self.final_model!r} is not one of {', '.join(FINAL_MODELS)}")
         if self.final_model == "ensemble" and self.seeds < 2:
