@@ -110,15 +110,16 @@ def network_config(network, obs_dim: int | None = None) -> dict:
       moe_actor_critic:  architecture="moe_actor_critic", num_actions, num_experts, expert_hidden_dim,
                          gating_hidden_dim (int), gating_temperature (float), activation (str),
                          expert_num_layers (int), obs_dim (int)
-      ensemble:          architecture="ensemble", num_members (int), rule ("mean" | "vote"), member (the
-                         members' own network config, one of the two above), obs_dim
+      ensemble:          architecture="ensemble", num_members (int), rule ("mean" | "vote"), num_actions,
+                         member (the members' own network config, one of the two above), obs_dim
     i.e. every constructor field of the module. `obs_dim` is optional for `network_from_config` (it is inferred
     from the parameters) but should be written; missing fields take the module's defaults; unknown ones are an
     error.
     """
     cfg = {"architecture": _architecture_of(network)}
     if isinstance(network, Ensemble):
-        cfg.update(num_members=int(network.num_members), rule=str(network.rule), member=network_config(network.member))
+        cfg.update(num_members=int(network.num_members), rule=str(network.rule), num_actions=network.num_actions,
+                   member=network_config(network.member))
     else:
         cfg.update(to_json(_module_fields(network), "network"))
     if obs_dim is not None:
@@ -156,7 +157,7 @@ def network_from_config(config: Mapping) -> Any:
 
 
 def _ensemble_from_config(config: Mapping) -> Ensemble:
-    unknown = sorted(set(config) - {"architecture", "obs_dim", "num_members", "rule", "member"})
+    unknown = sorted(set(config) - {"architecture", "obs_dim", "num_members", "rule", "num_actions", "member"})
     if unknown or not isinstance(config.get("member"), Mapping):
         raise InputError("network config: an ensemble needs 'member' (a network config), 'num_members' and 'rule'"
                          + (f"; unknown {', '.join(map(repr, unknown))}" if unknown else ""))
