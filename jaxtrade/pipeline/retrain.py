@@ -14,6 +14,7 @@ fine-tuned on the sessions that came after the run's data, kept only if it beats
 3. `method="ppo"`: a PPO continuation from the final model's parameters (fresh optimiser, the run's PPO settings,
    `iterations` iterations on the fine-tuning window). `method="maml"`: MAML's inner loop (`adapt_on_support`: one
    support rollout on the fine-tuning window, `inner_loop_steps` inner steps), what MAML trained the model for.
+   An ensemble final model has each member fine-tuned so, and is compared as the ensemble.
 4. Old and new are backtested (float64, the run's market rules) on the held-out window; the new model is kept only
    if its `--final_metric` beats the old one's by more than `margin` (absolute, in the metric's units: 0.1 of
    Sharpe by default). A kept model becomes `{symbol}_final_model.pth` (the old file moves beside the new
@@ -127,7 +128,11 @@ def finetune(method: str, cfg: C.SequenceConfig, network, params, market, iterat
     """New parameters: a PPO continuation (`iterations`) or MAML's inner loop on the market's train split."""
     from jaxtrade.agents import maml, ppo
     from jaxtrade.agents.base import Runner
+    from jaxtrade.ensemble import Ensemble, stack_members
 
+    if isinstance(network, Ensemble):  # each member fine-tuned alone (its own key), then stacked again
+        return stack_members([finetune(method, cfg, network.member, network.member_params(params, i), market,
+                                       iterations, seed + i) for i in range(network.num_members)])
     env_params = E.env_params(cfg.env, market, "train")
     key = jax.random.key(seed)
     if method == "ppo":
@@ -173,8 +178,6 @@ def retrain(run_dir, symbol: str, processed_dir, *, method: str = "ppo", iterati
     if not parent or not Path(parent).exists():
         raise InputError(f"{summary_path}: the final model ({final.get('file') or final.get('checkpoint')}) is gone")
     model = load_model(parent)
-    if model.network.__class__.__name__ == "Ensemble":
-        raise InputError(f"{parent}: the final model is an ensemble; retrain its members' runs, not the ensemble")
     scaler = F.Scaler.from_dict(summary["data"]["scaler"])
 
     market = E.market_for(cfg.env, processed_dir, symbol)
