@@ -121,8 +121,7 @@ def test_stack_members_refuses_other_architectures():
         Ensemble(N.ActorCritic(NUM_ACTIONS), 2, "median")
 
 
-@pytest.mark.parametrize("rule", ["mean", "vote"])
-@pytest.mark.parametrize("kind", ["actor_critic", "moe"])
+@pytest.mark.parametrize("kind,rule", [("actor_critic", "mean"), ("moe", "vote")])
 def test_ensemble_pth_parity(tmp_path, rule, kind):
     """The .pth holds every member (`members.{m}.` names); the PyTorch reference module reproduces the ensemble's
     probabilities within 1e-5 and its actions; loading it back gives the same JAX ensemble."""
@@ -173,3 +172,34 @@ def test_bad_ensemble_configs_are_one_line_errors():
     with pytest.raises(InputError, match="not 0..M-1"):
         export.params_from_state_dict({"members.0.actor_out.weight": np.zeros((3, 4)),
                                        "members.2.actor_out.weight": np.zeros((3, 4))})
+
+
+def test_sequence_with_seeds_picks_the_ensemble(tmp_path):
+    """`--seeds 2 --final_model=ensemble`: member 1 trains as `--seed 1` would, the final model is the ensemble of
+    the stage's two members (Orbax and .pth), and the report shows it beside each member."""
+    import json
+
+    from jaxtrade import pipeline as S
+    from tests.test_sequence import HAS_TORCH, _params_of_run, tiny_config
+
+    random_walk_market(tmp_path / "processed", "NIFTY_5", num_sessions=24, bars_per_session=20)
+    cfg = tiny_config(tmp_path, seeds=2, final_model="ensemble", tearsheet=False, compare_stages=False)
+    S.run_sequence(cfg, out=open("/dev/null", "w"))
+    run = tmp_path / "ck" / "t"
+    summary = json.loads((run / "NIFTY_5" / "summary.json").read_text())
+    assert summary["final_model"]["stage"] == "ensemble" and summary["final_model"]["seeds"] == [0, 1]
+    assert [m["seed"] for m in summary["members"]["ppo"]] == [0, 1]
+    member0, _ = _params_of_run(tmp_path / "ck")
+    from jaxtrade.checkpoints import restore_params
+    member1, _ = restore_params(run / "NIFTY_5" / "seeds" / "1" / "ppo")
+    model = P.load_model(run / "NIFTY_5" / "ensemble")
+    assert isinstance(model.network, Ensemble) and model.network.num_members == 2
+    for i, member in enumerate((member0, member1)):
+        for x, y in zip(jax.tree.leaves(member), jax.tree.leaves(model.network.member_params(model.params, i))):
+            np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(member0), jax.tree.leaves(member1)))
+    report = (tmp_path / "reports" / "t_report.txt").read_text()
+    assert "the ppo stage's 2 seeds and their ensemble" in report and "members min .. max" in report
+    if HAS_TORCH:
+        pth = P.load_model(run / "models" / "NIFTY_5_final_model.pth")
+        assert pth.network == model.network
