@@ -78,10 +78,14 @@ def early_stopping_lines(cfg: SequenceConfig, symbols) -> list[str]:
     for symbol in symbols:
         path = Path(cfg.run.checkpoint_dir) / cfg.run.run_name / symbol / "summary.json"
         stages = json.loads(path.read_text()).get("stages", {}) if path.exists() else {}
+        members = json.loads(path.read_text()).get("members", {}) if path.exists() else {}
         for stage, rec in stages.items():
             es = rec.get("early_stopping")
             if es and stage in cfg.run.stages:
                 lines.append(f"  {symbol} {stage}: {es['why']}")
+            for m in (members.get(stage) or [])[1:]:  # the other seeds' members (--seeds N)
+                if m.get("early_stopping") and stage in cfg.run.stages:
+                    lines.append(f"  {symbol} {stage} seed {m.get('seed')}: {m['early_stopping']['why']}")
     if lines:
         lines.insert(0, f"Early stopping (--eval_every {cfg.run.eval_every}; validation {cfg.run.final_metric} "
                         f"evaluated on device; the kept iteration's validation score is the best of that many, so "
