@@ -88,7 +88,17 @@ class _PeakingEvaluator:
         return {"sharpe": s, "win_rate": 0.5, "profit_factor": 1.0, "max_drawdown": 0.1}
 
 
-def test_early_stopping_restores_the_best_evaluated_parameters(market_dir, monkeypatch):
+def test_early_stopping_restores_the_best_and_is_off_by_default_bit_identical(market_dir, monkeypatch):
+    """A validation score peaking at the second of evaluations every iteration, patience 2: the stage stops at
+    iteration 4 and keeps iteration 2's parameters. Training up to the stop is bit for bit a default run's (no
+    `--eval_every`, the untouched path): evaluating changes nothing but what is kept."""
+    default = tiny_config(market_dir, checkpoint_dir=str(market_dir / "default"), generate_reports=False)
+    assert default.run.eval_every == 0 and default.ppo.early_stopping_patience == 0
+    S.run_sequence(default, out=DEVNULL)
+    default_params, _ = _params_of_run(market_dir / "default")
+    summary = json.loads((market_dir / "default" / "t" / "NIFTY_5" / "summary.json").read_text())
+    assert "early_stopping" not in summary["stages"]["ppo"]
+
     evaluator = _PeakingEvaluator()
     monkeypatch.setattr(train_stage.SplitEvaluator, "for_split", classmethod(lambda cls, *a, **k: evaluator))
     cfg = tiny_config(market_dir, generate_reports=False, eval_every=1,
@@ -99,32 +109,12 @@ def test_early_stopping_restores_the_best_evaluated_parameters(market_dir, monke
     assert len(evaluator.seen) == 4 and meta["complete"] and meta["iteration"] == 4
     for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(evaluator.seen[1])):
         np.testing.assert_array_equal(x, y)
-    assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(evaluator.seen[1]),
-                                                        jax.tree.leaves(evaluator.seen[3])))
+    # Iteration 4's parameters are the default 4-iteration run's, bit for bit; and they differ from the kept ones.
+    for x, y in zip(jax.tree.leaves(default_params), jax.tree.leaves(evaluator.seen[3])):
+        np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(default_params)))
     summary = json.loads((market_dir / "ck" / "t" / "NIFTY_5" / "summary.json").read_text())
     es = summary["stages"]["ppo"]["early_stopping"]
     assert es["kept_iteration"] == 2 and es["stopped_at"] == 4 and es["num_evaluations"] == 4
     assert [e["sharpe"] for e in es["evaluations"]] == [0.5, 2.0, 1.0, 1.5]
     assert "kept iteration 2" in es["why"] and "best of 4" in es["why"]
-
-
-def test_off_by_default_and_evaluations_alone_leave_training_bit_identical(market_dir):
-    """Default flags take the untouched path; evaluating without a patience changes nothing in training: the same
-    parameters, bit for bit, and the same metrics.jsonl."""
-    runs = {"default": {}, "evaluated": {"eval_every": 2}}
-    params, logs = {}, {}
-    for name, extra in runs.items():
-        cfg = tiny_config(market_dir, checkpoint_dir=str(market_dir / name), generate_reports=False, **extra)
-        assert (cfg.run.eval_every == 0) == (name == "default")
-        S.run_sequence(cfg, out=DEVNULL)
-        params[name], _ = _params_of_run(market_dir / name)
-        logs[name] = [{k: v for k, v in json.loads(line).items() if "wall" not in k and "per_s" not in k
-                       and "time" not in k} for line in
-                      (market_dir / name / "t" / "NIFTY_5" / "ppo" / "metrics.jsonl").read_text().splitlines()]
-    for x, y in zip(jax.tree.leaves(params["default"]), jax.tree.leaves(params["evaluated"])):
-        np.testing.assert_array_equal(x, y)
-    assert logs["default"] == logs["evaluated"]
-    summary = json.loads((market_dir / "default" / "t" / "NIFTY_5" / "summary.json").read_text())
-    assert "early_stopping" not in summary["stages"]["ppo"]
-    evaluated = json.loads((market_dir / "evaluated" / "t" / "NIFTY_5" / "summary.json").read_text())
-    assert evaluated["stages"]["ppo"]["early_stopping"]["num_evaluations"] == 2  # iterations 2 and 4

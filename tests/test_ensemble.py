@@ -32,24 +32,23 @@ def _softmax64(logits):
     return z / z.sum(-1, keepdims=True)
 
 
-@pytest.mark.parametrize("rule", ["mean", "vote"])
-def test_identical_members_equal_one_member(rule, tmp_path):
+def test_identical_members_equal_one_member(tmp_path):
     net = N.ActorCritic(NUM_ACTIONS, hidden_sizes=(16, 16))
     (p,) = _members(net, 1)
-    ens = Ensemble(net, 4, rule)
     stacked = stack_members([p] * 4)
     obs = _obs()
     logits, value = net.apply(p, obs)
-    scores, ens_value = ens.apply(stacked, obs)
-    np.testing.assert_array_equal(jnp.argmax(scores, -1), jnp.argmax(logits, -1))
-    np.testing.assert_allclose(ens_value, value, rtol=1e-6, atol=1e-6)
-    probs = ens.action_probs(stacked, obs)
-    if rule == "mean":
-        np.testing.assert_allclose(probs, jax.nn.softmax(logits), rtol=1e-6, atol=1e-7)
-    else:
-        np.testing.assert_array_equal(probs, jax.nn.one_hot(jnp.argmax(logits, -1), NUM_ACTIONS))
-    if rule == "vote":
-        return
+    for rule in ("mean", "vote"):
+        ens = Ensemble(net, 4, rule)
+        scores, ens_value = ens.apply(stacked, obs)
+        np.testing.assert_array_equal(jnp.argmax(scores, -1), jnp.argmax(logits, -1))
+        np.testing.assert_allclose(ens_value, value, rtol=1e-6, atol=1e-6)
+        probs = ens.action_probs(stacked, obs)
+        if rule == "mean":
+            np.testing.assert_allclose(probs, jax.nn.softmax(logits), rtol=1e-6, atol=1e-7)
+        else:
+            np.testing.assert_array_equal(probs, jax.nn.one_hot(jnp.argmax(logits, -1), NUM_ACTIONS))
+    ens = Ensemble(net, 4, "mean")
     # In the backtester: the ensemble of copies trades exactly as the one member.
     B.enable_x64()
     random_walk_market(tmp_path, "NIFTY_5", num_sessions=12, bars_per_session=30)
@@ -173,33 +172,3 @@ def test_bad_ensemble_configs_are_one_line_errors():
         export.params_from_state_dict({"members.0.actor_out.weight": np.zeros((3, 4)),
                                        "members.2.actor_out.weight": np.zeros((3, 4))})
 
-
-def test_sequence_with_seeds_picks_the_ensemble(tmp_path):
-    """`--seeds 2 --final_model=ensemble`: member 1 trains as `--seed 1` would, the final model is the ensemble of
-    the stage's two members (Orbax and .pth), and the report shows it beside each member."""
-    import json
-
-    from jaxtrade import pipeline as S
-    from tests.test_sequence import HAS_TORCH, _params_of_run, tiny_config
-
-    random_walk_market(tmp_path / "processed", "NIFTY_5", num_sessions=24, bars_per_session=20)
-    cfg = tiny_config(tmp_path, seeds=2, final_model="ensemble", tearsheet=False, compare_stages=False)
-    S.run_sequence(cfg, out=open("/dev/null", "w"))
-    run = tmp_path / "ck" / "t"
-    summary = json.loads((run / "NIFTY_5" / "summary.json").read_text())
-    assert summary["final_model"]["stage"] == "ensemble" and summary["final_model"]["seeds"] == [0, 1]
-    assert [m["seed"] for m in summary["members"]["ppo"]] == [0, 1]
-    member0, _ = _params_of_run(tmp_path / "ck")
-    from jaxtrade.checkpoints import restore_params
-    member1, _ = restore_params(run / "NIFTY_5" / "seeds" / "1" / "ppo")
-    model = P.load_model(run / "NIFTY_5" / "ensemble")
-    assert isinstance(model.network, Ensemble) and model.network.num_members == 2
-    for i, member in enumerate((member0, member1)):
-        for x, y in zip(jax.tree.leaves(member), jax.tree.leaves(model.network.member_params(model.params, i))):
-            np.testing.assert_array_equal(x, y)
-    assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(member0), jax.tree.leaves(member1)))
-    report = (tmp_path / "reports" / "t_report.txt").read_text()
-    assert "the ppo stage's 2 seeds and their ensemble" in report and "members min .. max" in report
-    if HAS_TORCH:
-        pth = P.load_model(run / "models" / "NIFTY_5_final_model.pth")
-        assert pth.network == model.network
