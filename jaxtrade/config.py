@@ -22,6 +22,7 @@ from jaxtrade.env import EnvConfig
 from jaxtrade.errors import InputError
 from jaxtrade.gates import GateConfig, MAMLGateConfig
 from jaxtrade.jsonio import to_json
+from jaxtrade.metric_log import check_backends
 
 ON_FAIL = ("continue", "extend", "stop")
 STAGES = ("ppo", "moe", "maml")
@@ -54,6 +55,9 @@ class RunConfig:
     log_every: int = 10  # iterations between progress lines
     tearsheet: bool = True  # the report also writes {output_dir}/{symbol}/tearsheet.html
     risk_free_rate: float = 0.0  # annual; Sharpe and Sortino (gates, final-model choice, report) subtract it
+    # where training curves go, every logged metric each log_every iterations: metrics.jsonl in the stage's
+    # folder, TensorBoard event files under {checkpoint_dir}/{run_name}/tensorboard/, W&B runs (offline without network)
+    log_backend: tuple[str, ...] = ("jsonl",)
 
     def __post_init__(self):
         bad = [s for s in self.stages if s not in STAGES]
@@ -64,6 +68,7 @@ class RunConfig:
             raise InputError(f"--stages must be in the order ppo, moe, maml; got {','.join(self.stages)}")
         if self.final_metric not in FINAL_METRICS:
             raise InputError(f"--final_metric: {self.final_metric!r} is not one of {', '.join(FINAL_METRICS)}")
+        object.__setattr__(self, "log_backend", check_backends(self.log_backend))
         if self.checkpoint_every < 1:
             raise InputError(f"--checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if not -1.0 < self.risk_free_rate < 1.0:

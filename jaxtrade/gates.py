@@ -30,6 +30,9 @@ class GateConfig:
     min_iterations: int = 0  # the seed's advancement_criteria.min_episodes
 
 
+CROSS_SYMBOL_METRICS = ("win_rate", "profit_factor", "mean_episode_return")
+
+
 @dataclasses.dataclass(frozen=True)
 class MAMLGateConfig:
     """Stage-3 success criteria (DESIGN section 10), checked on held-out tasks.
@@ -55,9 +58,9 @@ class MAMLGateConfig:
     min_iterations: int = 0
 
     def __post_init__(self):
-        if self.cross_symbol_metric not in ("win_rate", "profit_factor", "mean_episode_return"):
+        if self.cross_symbol_metric not in CROSS_SYMBOL_METRICS:
             raise ValueError(f"MAMLGateConfig.cross_symbol_metric: {self.cross_symbol_metric!r} is not one of "
-                             "win_rate, profit_factor, mean_episode_return")
+                             f"{', '.join(CROSS_SYMBOL_METRICS)}")
 
     def replace(self, **changes) -> "MAMLGateConfig":
         return dataclasses.replace(self, **changes)
