@@ -133,7 +133,8 @@ def test_resume_equals_uninterrupted(market_dir, monkeypatch):
     assert meta_a["complete"] and meta_a["iteration"] == 4
 
     # Interrupt the second run after its first chunk (2 iterations, checkpointed).
-    cfg_b = tiny_config(tmp, checkpoint_dir=str(tmp / "b"), generate_reports=False)
+    cfg_b = tiny_config(tmp, checkpoint_dir=str(tmp / "b"), generate_reports=False,
+                        log_backend=("jsonl", "tensorboard"))
     from jaxtrade.agents.base import Runner
     from jaxtrade.pipeline import train_stage
     calls = {"n": 0}
@@ -168,6 +169,8 @@ def test_resume_equals_uninterrupted(market_dir, monkeypatch):
     assert summary["stages"]["ppo"]["resumed"].startswith("skipped")
     lines = (tmp / "b" / "t" / "NIFTY_5" / "ppo" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["iteration"] for l in lines] == [1, 2, 3, 4]
+    from tests.test_metric_log import check_curves_agree  # the TensorBoard curves too, across the resume
+    check_curves_agree(tmp / "b" / "t", "NIFTY_5", "ppo", [1, 2, 3, 4])
 
 
 def test_progression_rules(market_dir):
