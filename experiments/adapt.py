@@ -7,8 +7,9 @@ step; its meta's "network" entry rebuilds the network), read by the one model lo
 It adapts and compares under the market rules the model trained with (the `EnvConfig` its file records); a
 market-rule flag given on the command line overrides one of them and says so. Support data: the symbol's most recent
 `--support_sessions` sessions of the training split (0: the whole training split), i.e. the sessions just
-before validation. `--steps` inner SGD steps (default: MAMLConfig.inner_loop_steps) on the PPO-style inner loss
-of support rollouts collected once with the given model (`jaxtrade.agents.maml.adapt_on_support`, the inner loop of training).
+before validation. `--steps` inner SGD steps (default: the MAML stage's `inner_loop_steps`, 7) on the PPO-style
+inner loss of support rollouts collected once with the given model (`jaxtrade.agents.maml.adapt_on_support`, the
+inner loop of training).
 Writes an Orbax checkpoint (`{output_dir}/orbax`, meta with "network") and `{output_dir}/{symbol}_adapted.pth`
 (default output directory `checkpoints/adapted/{symbol}`), and prints the validation-split backtest metrics
 (float64 money) before and after adaptation side by side.
