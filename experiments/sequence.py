@@ -1,9 +1,11 @@
-"""`python -m experiments.sequence --flagfile=experiments/nifty.flags`: the PPO -> MoE -> MAML sequence.
+"""`python -m experiments.sequence --flagfile=experiments/nifty.flags` (or `jaxtrade-train`): the PPO -> MoE -> MAML
+sequence.
 
 Flags: every field of `jaxtrade.config` (top-level run fields as `--symbols`, `--seed`, ...; groups as
 `--ppo.learning_rate`, `--moe.num_experts`, `--maml.inner_loop_steps`, `--ppo_gate.min_win_rate`,
 `--progression.on_fail`, `--env.cost_model`, ...), plus `--config config/training_sequence.yaml` (the seed's
 layout). Precedence: defaults < --config < flags given on the command line (or in a --flagfile).
+Training curves: `--log_backend jsonl` (default), `tensorboard`, `wandb`; repeat the flag for several.
 Exit codes: 0 done, 1 a gate failed with on_fail=stop, 2 bad flags or data.
 """
 
