@@ -55,11 +55,17 @@ def _finite(value: float) -> float | None:
 
 
 class JsonlSink:
-    def __init__(self, path: Path, extra: Mapping[str, Any], fresh: bool):
+    def __init__(self, path: Path, extra: Mapping[str, Any], resume_at: int | None):
         self.path, self.extra = Path(path), dict(extra)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if fresh and self.path.exists():
-            self.path.unlink()
+        if resume_at is None:
+            self.path.unlink(missing_ok=True)
+        elif self.path.exists():  # drop what an interrupted run logged after its last checkpoint
+            kept = [line for line in self.path.read_text().splitlines(keepends=True)
+                    if line.strip() and _iteration(line) <= resume_at]
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, self.path)
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         with open(self.path, "a") as f:
@@ -69,14 +75,23 @@ class JsonlSink:
         pass
 
 
+def _iteration(line: str) -> float:
+    try:
+        return float(json.loads(line).get("iteration") or 0)
+    except (ValueError, AttributeError):
+        return math.inf  # a torn last line of a killed run
+
+
 class TensorBoardSink:
-    def __init__(self, logdir: Path, fresh: bool):
+    def __init__(self, logdir: Path, resume_at: int | None):
         from jaxtrade.tfevents import EventFileWriter
 
-        if fresh and logdir.exists():  # a retrained stage's old curves would mix with the new ones
+        if resume_at is None and logdir.exists():  # a retrained stage's old curves would mix with the new ones
             for old in logdir.glob("events.out.tfevents.*"):
                 old.unlink()
         self.events = EventFileWriter(logdir)
+        if resume_at is not None:
+            self.events.add_session_start(resume_at + 1)
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         self.events.add_scalars(step, metrics)
@@ -150,19 +165,21 @@ class MetricWriter:
 
 def open_writer(backends: Iterable[str], run_dir: str | Path, tag: str, *, jsonl_path: str | Path | None = None,
                 extra: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None,
-                fresh: bool = True) -> MetricWriter:
+                resume_at: int | None = None) -> MetricWriter:
     """A writer for one curve set `tag` (e.g. "NIFTY_5/ppo", "NIFTY_5/ppo/seed_3"). `jsonl_path` is where the
     jsonl backend writes (default `{run_dir}/{tag}/metrics.jsonl`); `extra` fields go on every jsonl line;
-    `config` is W&B's run config. `fresh`: a new start (an old jsonl file and old event files of this tag are
-    removed); False on resume (they are appended to)."""
+    `config` is W&B's run config. `resume_at`: None for a fresh start (this tag's old jsonl file and event
+    files are removed); else the iteration a resumed run restarts after: the curves are kept up to it and
+    appended to, what an interrupted run logged after it is dropped (jsonl lines; TensorBoard points, by a
+    restart marker)."""
     run_dir = Path(run_dir)
     sinks: list[Any] = []
     for name in check_backends(backends):
         if name == "jsonl":
             sinks.append(JsonlSink(Path(jsonl_path) if jsonl_path else run_dir / tag / "metrics.jsonl",
-                                   extra or {}, fresh))
+                                   extra or {}, resume_at))
         elif name == "tensorboard":
-            sinks.append(TensorBoardSink(run_dir / "tensorboard" / tag, fresh))
+            sinks.append(TensorBoardSink(run_dir / "tensorboard" / tag, resume_at))
         elif name == "wandb":
             sinks.append(WandbSink(run_dir, tag, config))
     return MetricWriter(sinks)

@@ -4,10 +4,13 @@ An event file is a sequence of TFRecords, each
     uint64 length (little endian) | uint32 masked CRC32C of those 8 bytes | data | uint32 masked CRC32C of data,
 where the data is a serialized `tensorflow.Event` protobuf. The first event carries `file_version`
 ("brain.Event:2"); every later one a wall time, a step and a `Summary` of `simple_value` scalars, which
-TensorBoard's scalar dashboard reads. The protobuf is encoded by hand (the six fields used here):
+TensorBoard's scalar dashboard reads, or a `SessionLog` START (a resumed run: TensorBoard drops the points
+at and after its step that an earlier, interrupted file holds). The protobuf is encoded by hand (the fields used):
 
-    Event   { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5; }
+    Event   { double wall_time = 1; int64 step = 2; string file_version = 3; Summary summary = 5;
+              SessionLog session_log = 7; }
     Summary { repeated Value value = 1; }     Value { string tag = 1; float simple_value = 2; }
+    SessionLog { SessionStatus status = 1; }  (START = 1)
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def _bytes_field(number: int, payload: bytes) -> bytes:
 
 
 def encode_event(wall_time: float, step: int | None = None, scalars: Mapping[str, float] | None = None,
-                 file_version: str | None = None) -> bytes:
+                 file_version: str | None = None, session_start: bool = False) -> bytes:
     """One serialized `Event` (field order as protobuf's own serializer writes it)."""
     out = bytearray(_varint(1 << 3 | 1) + struct.pack("<d", wall_time))
     if step is not None:
@@ -80,6 +83,8 @@ def encode_event(wall_time: float, step: int | None = None, scalars: Mapping[str
             _bytes_field(1, _bytes_field(1, tag.encode()) + _varint(2 << 3 | 5) + struct.pack("<f", float(value)))
             for tag, value in scalars.items())
         out += _bytes_field(5, summary)
+    if session_start:
+        out += _bytes_field(7, _varint(1 << 3 | 0) + _varint(1))
     return bytes(out)
 
 
@@ -101,6 +106,10 @@ class EventFileWriter:
 
     def add_scalars(self, step: int, scalars: Mapping[str, float], wall_time: float | None = None) -> None:
         self._write(encode_event(time.time() if wall_time is None else wall_time, step, scalars))
+
+    def add_session_start(self, step: int) -> None:
+        """Mark a restart at `step`: readers drop the points of earlier files at steps >= `step`."""
+        self._write(encode_event(time.time(), step, session_start=True))
 
     def close(self) -> None:
         if not self._file.closed:

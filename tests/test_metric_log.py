@@ -58,15 +58,18 @@ def event_class():
 
     def message(name, fields):
         m = proto.message_type.add(name=name)
-        for number, (fname, ftype, label, type_name) in enumerate(fields, 1):
+        for number, fname, ftype, label, type_name in fields:
             m.field.add(name=fname, number=number, type=ftype, label=label, type_name=type_name)
 
     opt, rep = f.LABEL_OPTIONAL, f.LABEL_REPEATED
-    message("Value", [("tag", f.TYPE_STRING, opt, None), ("simple_value", f.TYPE_FLOAT, opt, None)])
-    message("Summary", [("value", f.TYPE_MESSAGE, rep, ".jt.Value")])
-    message("Event", [("wall_time", f.TYPE_DOUBLE, opt, None), ("step", f.TYPE_INT64, opt, None),
-                      ("file_version", f.TYPE_STRING, opt, None), ("graph_def", f.TYPE_BYTES, opt, None),
-                      ("summary", f.TYPE_MESSAGE, opt, ".jt.Summary")])
+    # Field numbers as tensorflow/core/util/event.proto and summary.proto have them.
+    message("Value", [(1, "tag", f.TYPE_STRING, opt, None), (2, "simple_value", f.TYPE_FLOAT, opt, None)])
+    message("Summary", [(1, "value", f.TYPE_MESSAGE, rep, ".jt.Value")])
+    message("SessionLog", [(1, "status", f.TYPE_INT32, opt, None)])
+    message("Event", [(1, "wall_time", f.TYPE_DOUBLE, opt, None), (2, "step", f.TYPE_INT64, opt, None),
+                      (3, "file_version", f.TYPE_STRING, opt, None), (4, "graph_def", f.TYPE_BYTES, opt, None),
+                      (5, "summary", f.TYPE_MESSAGE, opt, ".jt.Summary"), (6, "log_message", f.TYPE_BYTES, opt, None),
+                      (7, "session_log", f.TYPE_MESSAGE, opt, ".jt.SessionLog")])
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("jt.Event"))
@@ -129,6 +132,30 @@ def test_tensorboard_reads_the_events(tmp_path):
     got = [(s.step, s.value) for s in acc.Scalars("mean_episode_return")]
     assert got == [(it, pytest.approx(0.1 * it, rel=1e-6)) for it in range(1, 6)]
     assert [s.value for s in acc.Scalars("usage")] == [pytest.approx(0.3)] * 5  # an array is averaged
+
+
+def test_a_resumed_run_replaces_what_the_interrupted_one_logged_past_its_checkpoint(tmp_path):
+    """Killed after logging iterations 1-3 with a checkpoint at 2: the resumed run's 3 and 4 replace the old 3, in
+    metrics.jsonl and in what TensorBoard shows (its restart marker)."""
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    jsonl = tmp_path / "S" / "ppo" / "metrics.jsonl"
+    first = L.open_writer(("jsonl", "tensorboard"), tmp_path, "S/ppo", jsonl_path=jsonl)
+    for it in (1, 2, 3):
+        first.write(it, {"iteration": it, "loss": float(it)})
+    first.close()
+    with jsonl.open("a") as f:
+        f.write('{"iteration": 4, "lo')  # torn by the kill
+    resumed = L.open_writer(("jsonl", "tensorboard"), tmp_path, "S/ppo", jsonl_path=jsonl, resume_at=2)
+    for it in (3, 4):
+        resumed.write(it, {"iteration": it, "loss": 10.0 * it})
+    resumed.close()
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [(r["iteration"], r["loss"]) for r in lines] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+    acc = accumulator.EventAccumulator(str(tmp_path / "tensorboard" / "S" / "ppo"))
+    acc.Reload()
+    assert [(s.step, s.value) for s in acc.Scalars("loss")] == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+    events = read_events(tmp_path / "tensorboard" / "S" / "ppo")  # the marker, decoded independently
+    assert [(e.step, e.session_log.status) for e in events if e.HasField("session_log")] == [(3, 1)]
 
 
 def test_backend_flags_are_checked_before_training(monkeypatch):

@@ -76,9 +76,11 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
                 return {"record": record, "params": trainer.params_of(state), "network": trainer.network}
             logging.info("%s %s: resuming from checkpoint at iteration %d of %d", symbol, stage, done, target)
         planned = int(meta.get("planned_iterations", spec.iterations)) if meta else spec.iterations
-        # A fresh start drops the curves of a run that never checkpointed; a resumed one appends to them.
+        # A fresh start drops the curves of a run that never checkpointed; a resumed one keeps them up to its
+        # checkpoint and appends.
         writer = open_writer(cfg.run.log_backend, directory.parent.parent, f"{symbol}/{stage}", jsonl_path=jsonl,
-                             extra={"symbol": symbol, "stage": stage}, config=cfg.to_dict(), fresh=latest is None)
+                             extra={"symbol": symbol, "stage": stage}, config=cfg.to_dict(),
+                             resume_at=None if latest is None else done)
         logger = StageLogger(symbol, stage, target, writer)
         runner = Runner(callback=logger, log_every=cfg.run.log_every)
 
