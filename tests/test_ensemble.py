@@ -40,10 +40,10 @@ def test_identical_members_equal_one_member(tmp_path):
     logits, value = net.apply(p, obs)
     for rule in ("mean", "vote"):
         ens = Ensemble(net, 4, rule)
-        scores, ens_value = ens.apply(stacked, obs)
+        scores, ens_value = jax.jit(ens.apply)(stacked, obs)
         np.testing.assert_array_equal(jnp.argmax(scores, -1), jnp.argmax(logits, -1))
         np.testing.assert_allclose(ens_value, value, rtol=1e-6, atol=1e-6)
-        probs = ens.action_probs(stacked, obs)
+        probs = jax.jit(ens.action_probs)(stacked, obs)
         if rule == "mean":
             np.testing.assert_allclose(probs, jax.nn.softmax(logits), rtol=1e-6, atol=1e-7)
         else:
@@ -71,9 +71,9 @@ def test_mean_and_vote_rules_against_numpy():
     logits, values = (np.asarray(x) for x in jax.jit(jax.vmap(net.apply, (0, None)))(stacked, obs))  # [M, B, A]
     probs = _softmax64(logits)
     mean = Ensemble(net, 5, "mean")
-    np.testing.assert_allclose(mean.action_probs(stacked, obs), probs.mean(0), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(mean.apply(stacked, obs)[1], values.mean(0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(jnp.argmax(mean.apply(stacked, obs)[0], -1), probs.mean(0).argmax(-1))
+    np.testing.assert_allclose(jax.jit(mean.action_probs)(stacked, obs), probs.mean(0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(jax.jit(mean.apply)(stacked, obs)[1], values.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(jnp.argmax(jax.jit(mean.apply)(stacked, obs)[0], -1), probs.mean(0).argmax(-1))
 
     vote = Ensemble(net, 5, "vote")
     votes = np.zeros((obs.shape[0], NUM_ACTIONS))
@@ -83,8 +83,8 @@ def test_mean_and_vote_rules_against_numpy():
     for b in range(obs.shape[0]):
         tied = np.flatnonzero(votes[b] == votes[b].max())
         expected.append(tied[np.argmax(probs.mean(0)[b, tied])])
-    np.testing.assert_allclose(vote.action_probs(stacked, obs), votes / 5)
-    got = np.asarray(jnp.argmax(vote.apply(stacked, obs)[0], -1))
+    np.testing.assert_allclose(jax.jit(vote.action_probs)(stacked, obs), votes / 5)
+    got = np.asarray(jnp.argmax(jax.jit(vote.apply)(stacked, obs)[0], -1))
     np.testing.assert_array_equal(got, expected)
 
 
@@ -104,11 +104,11 @@ def test_vote_tie_worked_by_hand():
     stacked = stack_members([p0, p1])
     obs = jnp.zeros((1, 4))
     # Mean probabilities: action 0 .32, action 1 .315, action 2 .365 -> the tie between 0 and 2 goes to 2.
-    assert int(jnp.argmax(ens.apply(stacked, obs)[0], -1)[0]) == 2
-    np.testing.assert_allclose(ens.action_probs(stacked, obs)[0], [0.5, 0.0, 0.5])
+    assert int(jnp.argmax(jax.jit(ens.apply)(stacked, obs)[0], -1)[0]) == 2
+    np.testing.assert_allclose(jax.jit(ens.action_probs)(stacked, obs)[0], [0.5, 0.0, 0.5])
     # With the mean rule too it is 2; with member 1 more sure of 0, the tie goes to 0.
     p1 = {"logits": jnp.log(jnp.array([0.60, 0.20, 0.20]))}
-    assert int(jnp.argmax(ens.apply(stack_members([p0, p1]), obs)[0], -1)[0]) == 0
+    assert int(jnp.argmax(jax.jit(ens.apply)(stack_members([p0, p1]), obs)[0], -1)[0]) == 0
 
 
 def test_stack_members_refuses_other_architectures():
@@ -149,13 +149,14 @@ def test_ensemble_pth_parity(tmp_path, rule, kind):
     with torch.no_grad():
         t_probs = module.action_probs(torch.from_numpy(np.asarray(obs))).numpy()
         t_scores = module(torch.from_numpy(np.asarray(obs)))[0].numpy()
-    j_probs = np.asarray(ens.action_probs(stacked, obs))
+    j_probs = np.asarray(jax.jit(ens.action_probs)(stacked, obs))
     np.testing.assert_allclose(t_probs, j_probs, atol=1e-5)
-    np.testing.assert_array_equal(t_scores.argmax(-1), np.asarray(jnp.argmax(ens.apply(stacked, obs)[0], -1)))
+    actions = np.asarray(jnp.argmax(jax.jit(ens.apply)(stacked, obs)[0], -1))
+    np.testing.assert_array_equal(t_scores.argmax(-1), actions)
 
     params, network, _ = export.params_from_pth(path)
     assert network == ens
-    np.testing.assert_allclose(network.action_probs(params, obs), j_probs, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(network.action_probs)(params, obs), j_probs, atol=1e-6)
 
 
 def test_bad_ensemble_configs_are_one_line_errors():
