@@ -14,7 +14,7 @@ import sys
 
 from absl import flags, logging
 
-from jaxtrade import config as C
+from jaxtrade import config as C, sharding
 from jaxtrade.cli import run
 from jaxtrade.errors import InputError
 
@@ -41,6 +41,7 @@ def define_flags() -> None:
     if "config" in FLAGS:
         return
     flags.DEFINE_string("config", None, "The seed's training_sequence.yaml (flags override it).")
+    sharding.define_flags()
     defaults = C.default_config()
     for field in dataclasses.fields(C.RunConfig):
         kind, optional = C.field_kind(C.RunConfig, field.name)
@@ -76,6 +77,7 @@ def main(argv) -> int:
     from jaxtrade.pipeline import run_sequence
 
     logging.set_verbosity(logging.INFO)
+    sharding.setup_from_flags()  # jax.distributed and the device mesh, before any computation
     cfg = config_from_flags()
     return run_sequence(cfg, out=sys.stdout)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from absl import logging
 
+from jaxtrade import sharding
 from jaxtrade.agents.base import Runner
 from jaxtrade.checkpoints import StageCheckpointer
 from jaxtrade.config import SequenceConfig
@@ -34,8 +35,10 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
 
     symbol = ctx.symbol
     directory = S.stage_dir(cfg, symbol, stage)
-    if cfg.run.overwrite and directory.exists():
+    writer = sharding.is_writer()  # over several hosts, process 0 writes (Orbax coordinates its own saves)
+    if cfg.run.overwrite and directory.exists() and writer:
         shutil.rmtree(directory)
+    sharding.sync(f"{directory} cleared")
     directory.mkdir(parents=True, exist_ok=True)
     jsonl = directory / "metrics.jsonl"
     prog = cfg.progression
@@ -70,12 +73,13 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
                              stage, done)
                 record = dict(meta["record"])
                 record["resumed"] = "skipped (finished earlier)"
-                return {"record": record, "params": trainer.params_of(state), "network": trainer.network}
+                return {"record": record, "params": sharding.fetch(trainer.params_of(state)),
+                        "network": trainer.network}
             logging.info("%s %s: resuming from checkpoint at iteration %d of %d", symbol, stage, done, target)
-        elif not cfg.run.overwrite and jsonl.exists():
+        elif not cfg.run.overwrite and jsonl.exists() and writer:
             jsonl.unlink()  # a stale log from a run that never checkpointed
         planned = int(meta.get("planned_iterations", spec.iterations)) if meta else spec.iterations
-        logger = StageLogger(symbol, stage, target, jsonl)
+        logger = StageLogger(symbol, stage, target, jsonl if writer else None)
         runner = Runner(callback=logger, log_every=cfg.run.log_every)
 
         def save(state, iterations: int, complete: bool = False, record: dict | None = None):
@@ -94,7 +98,7 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
             state, _ = runner(trainer, state, target - done, chunk=cfg.run.checkpoint_every, done=done,
                               on_chunk=lambda s, n: save(s, n))
             done = target
-            params = trainer.params_of(state)
+            params = sharding.fetch(trainer.params_of(state))  # host copies: judging runs on each process
             validation, reasons, extras = S.judge(cfg, ctx, stage, trainer.network, params, done)
             if not reasons or prog.on_fail != "extend" or extended >= prog.max_extension_iterations:
                 break
