@@ -40,8 +40,12 @@ SWEEP, BATCH = "sweep", "batch"
 def initialize_distributed(coordinator_address: str | None, num_processes: int | None,
                            process_id: int | None) -> bool:
     """`jax.distributed.initialize` when a coordinator is given (every process runs the same command with its
-    own `process_id`); must run before any computation. Returns True when it initialised. On the CPU backend
+    own `process_id`; `auto`: JAX detects the cluster, as on a TPU pod slice); must run before any computation.
+    Returns True when it initialised. On the CPU backend
     the cross-process collectives are gloo's (`jax_cpu_collectives_implementation`)."""
+    if coordinator_address == "auto":  # a TPU pod slice, SLURM, ...: JAX reads the cluster's own settings
+        jax.distributed.initialize(num_processes=num_processes, process_id=process_id)
+        return True
     if not coordinator_address:
         if num_processes not in (None, 0, 1) or process_id not in (None, 0):
             raise InputError("--num_processes/--process_id need --coordinator_address (host:port of process 0)")
@@ -232,7 +236,7 @@ def define_flags(hosts: bool = True) -> None:
     if not hosts or "coordinator_address" in flags.FLAGS:
         return
     flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for a run over several hosts "
-                        "(jax.distributed); every process runs the same command.")
+                        "(jax.distributed; 'auto' on a TPU pod slice or SLURM); every process runs the same command.")
     flags.DEFINE_integer("num_processes", None, "Processes (hosts) in a run over several hosts.")
     flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1 (process 0 writes the files).")
 
