@@ -83,7 +83,7 @@ def make_mesh(num_devices: int | None = None, sweep: int = 1) -> Mesh:
     """A (`sweep`, `batch`) mesh over the first `num_devices` local devices of every process (default all);
     `sweep` devices of it along the sweep axis (it must divide the device count)."""
     local = jax.local_devices()
-    n = len(local) if num_devices in (None, 0) else int(num_devices)
+    n = len(local) if num_devices is None else int(num_devices)
     if not 1 <= n <= len(local):
         raise InputError(f"--num_devices: expected 1..{len(local)} (the {jax.default_backend()} devices of this "
                          f"process), got {num_devices}")
@@ -154,7 +154,7 @@ def put_replicated(tree, mesh: Mesh | None):
 def sweep_mesh(sweep_size: int, num_devices: int | None = None) -> Mesh:
     """A mesh for a sweep of `sweep_size` runs: as many devices along `sweep` as divide both the sweep and the
     device count (the rest along `batch`, for each run's episodes)."""
-    n = len(jax.local_devices()) if num_devices in (None, 0) else int(num_devices)
+    n = len(jax.local_devices()) if num_devices is None else int(num_devices)
     n *= jax.process_count()
     return make_mesh(num_devices, sweep=math.gcd(int(sweep_size), n))
 
@@ -251,7 +251,7 @@ def setup_from_flags() -> Mesh:
     value = lambda name: f[name].value if name in f else None  # noqa: E731
     initialize_distributed(value("coordinator_address"), value("num_processes"), value("process_id"))
     mesh = make_mesh(value("num_devices"))
-    jax.set_mesh(mesh)
-    if mesh.devices.size > 1 or jax.process_count() > 1:
+    if mesh.devices.size > 1:  # one device: programs stay exactly as they are without a mesh
+        jax.set_mesh(mesh)
         logging.info("sharding over %s (process %d)", describe(mesh), jax.process_index())
     return mesh
