@@ -210,15 +210,6 @@ def fetch(tree):
     return jax.tree.map(one, tree)
 
 
-def local_mesh():
-    """Context in which programs run on this process's devices only (work one process does alone, such as the
-    report process 0 writes)."""
-    if jax.process_count() == 1:
-        return contextlib.nullcontext()
-    return jax.set_mesh(Mesh(np.asarray(jax.local_devices(), dtype=object).reshape(1, -1), (SWEEP, BATCH),
-                             axis_types=(AxisType.Auto, AxisType.Auto)))
-
-
 # ------------------------------------------------------------------------------------------------------------
 # Command-line flags (the training commands and the backtester)
 

@@ -100,7 +100,14 @@ def _two_processes(work: Path) -> list[subprocess.CompletedProcess]:
 
 
 def _files(work: Path) -> set[str]:
-    return {str(p.relative_to(work)) for p in work.rglob("*") if p.is_file()}
+    """Every file the run wrote, an Orbax step's array store counted as its step directory (each process writes
+    its own slice there: Orbax's multi-host protocol)."""
+    out = set()
+    for p in work.rglob("*"):
+        parts = p.relative_to(work).parts
+        if p.is_file():
+            out.add("/".join(parts[: parts.index("state") + 1] if "state" in parts[:-1] else parts))
+    return out
 
 
 def _params(work: Path, step: int | None = None) -> np.ndarray:
@@ -121,6 +128,7 @@ def test_two_processes_train_like_one_and_resume(tmp_path):
     runs = _two_processes(double)
     # One set of outputs: the same files as the single-process run, each written once.
     assert _files(double) == _files(single)
+    assert {"checkpoints/mp/NIFTY_5/summary.json", "reports/mp_report.txt"} <= _files(double)
     jsonl = double / "checkpoints" / "mp" / "NIFTY_5" / "ppo" / "metrics.jsonl"
     assert [json.loads(line)["iteration"] for line in jsonl.read_text().splitlines()] == [1, 2, 3]
     assert sum("report:" in r.stdout for r in runs) == 1  # process 0 wrote the report

@@ -9,8 +9,11 @@ into one report (`reporting`). Every file records the run's whole `EnvConfig`.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -143,10 +146,14 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
                 write_json_atomic(summary_path, summary)
             where = path if can_export else f"{candidates[best].get('checkpoint')} (Orbax; no .pth without PyTorch)"
             out.write(f"{symbol}: final model = {best} stage ({why}) -> {where}\n")
-    if cfg.run.generate_reports and final_models and writer:
-        with sharding.local_mesh():  # process 0 alone: its programs must not wait for the others
-            report_path = reporting.write_report(cfg, contexts, stage_models, final_models, out)
-        out.write(f"report: {report_path}\n")
+    if cfg.run.generate_reports and final_models:
+        # Every process computes the report (its programs span them all); only process 0's lands in output_dir.
+        with tempfile.TemporaryDirectory() as scratch:
+            run = cfg.run if writer else dataclasses.replace(cfg.run, output_dir=scratch, report_file="")
+            report_path = reporting.write_report(dataclasses.replace(cfg, run=run), contexts, stage_models,
+                                                 final_models, out if writer else io.StringIO())
+        if writer:
+            out.write(f"report: {report_path}\n")
     sharding.sync("outputs written")
     out.write(f"sequence finished in {time.perf_counter() - t_start:.1f} s; models in {models_dir}\n")
     out.flush()
