@@ -23,6 +23,7 @@ from typing import Any
 
 from absl import logging
 
+from jaxtrade import sharding
 from jaxtrade.agents.base import Runner
 from jaxtrade.checkpoints import StageCheckpointer
 from jaxtrade.config import SequenceConfig
@@ -53,8 +54,10 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
 
     symbol = ctx.symbol
     directory = S.stage_dir(cfg, symbol, stage) if directory is None else Path(directory)
-    if cfg.run.overwrite and directory.exists():
+    writes = sharding.is_writer()  # over several hosts, process 0 writes (Orbax coordinates its own saves)
+    if cfg.run.overwrite and directory.exists() and writes:
         shutil.rmtree(directory)
+    sharding.sync(f"{directory} cleared")
     directory.mkdir(parents=True, exist_ok=True)
     jsonl = directory / "metrics.jsonl"
     prog = cfg.progression
@@ -94,16 +97,16 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
                              stage, done)
                 record = dict(meta["record"])
                 record["resumed"] = "skipped (finished earlier)"
-                return {"record": record, "params": restored["params"], "network": trainer.network}
+                return {"record": record, "params": sharding.fetch(restored["params"]), "network": trainer.network}
             if es is not None and meta.get("early_stopping"):
                 es.restore(meta["early_stopping"], restored.get("best_params"))
             logging.info("%s %s: resuming from checkpoint at iteration %d of %d", symbol, stage, done, target)
         planned = int(meta.get("planned_iterations", spec.iterations)) if meta else spec.iterations
         # A fresh start drops the curves of a run that never checkpointed; a resumed one keeps them up to its
         # checkpoint and appends.
-        writer = open_writer(cfg.run.log_backend, directory.parent.parent, f"{symbol}/{stage}", jsonl_path=jsonl,
-                             extra={"symbol": symbol, "stage": stage}, config=cfg.to_dict(),
-                             resume_at=None if latest is None else done)
+        writer = None if not writes else open_writer(  # over several hosts, process 0 logs
+            cfg.run.log_backend, directory.parent.parent, f"{symbol}/{stage}", jsonl_path=jsonl,
+            extra={"symbol": symbol, "stage": stage}, config=cfg.to_dict(), resume_at=None if latest is None else done)
         logger = StageLogger(symbol, stage, target, writer)
         runner = Runner(callback=logger, log_every=cfg.run.log_every)
 
@@ -140,7 +143,8 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
                 stopped = es.should_stop
                 if done % cfg.run.checkpoint_every == 0 and done < target and not stopped:
                     save(state, done)
-            params = trainer.params_of(state) if es is None else es.kept(trainer.params_of(state))
+            last = sharding.fetch(trainer.params_of(state))  # host copies: judging runs on each process
+            params = last if es is None else es.kept(last)
             validation, reasons, extras = S.judge(cfg, ctx, stage, trainer.network, params, done)
             if stopped and reasons and prog.on_fail == "extend":
                 logging.info("%s %s: gate failed (%s); not extended: early stopping found no improvement", symbol,
