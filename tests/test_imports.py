@@ -17,7 +17,7 @@ MAX_LINES = 400
 LAYERS = (
     ("jaxtrade", "jaxtrade.errors", "jaxtrade.jsonio", "jaxtrade.cli", "jaxtrade.contracts", "jaxtrade.features",
      "jaxtrade.costs", "jaxtrade.data", "jaxtrade.metric_log", "jaxtrade.tfevents", "jaxtrade.sharding"),
-    ("jaxtrade.env", "jaxtrade.networks", "jaxtrade.metrics", "jaxtrade.sharpe_ci",
+    ("jaxtrade.env", "jaxtrade.networks", "jaxtrade.ensemble", "jaxtrade.metrics", "jaxtrade.sharpe_ci",
      "data_tools"),  # data_tools never reaches agents
     ("jaxtrade.agents",),  # trainers: env, networks, rollout; nothing of gates, evaluation or the pipeline
     ("jaxtrade.gates", "jaxtrade.evaluation", "jaxtrade.policies", "jaxtrade.backtest", "jaxtrade.report",

@@ -59,14 +59,15 @@ class PPOConfig:
     normalize_advantages: bool = True  # normalise advantages per minibatch
     clip_value_loss: bool = True  # clip the value update as the policy's
     adam_eps: float = 1e-5  # Adam epsilon
+    early_stopping_patience: int = 0  # stop after P --eval_every evaluations with no better --final_metric (0: never)
 
     def __post_init__(self):
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
         for name in ("minibatch_size", "update_epochs", "num_envs", "num_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PPOConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_iterations < 0:
-            raise ValueError("PPOConfig.num_iterations must be >= 0")
+        if self.num_iterations < 0 or self.early_stopping_patience < 0:
+            raise ValueError("PPOConfig.num_iterations and early_stopping_patience must be >= 0")
         if not self.learning_rate > 0:
             raise ValueError(f"PPOConfig.learning_rate must be > 0, got {self.learning_rate}")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1 or not self.clip_epsilon > 0:

@@ -3,8 +3,9 @@
 For each symbol and each configured stage, in order, `train_stage.run_stage` trains (or resumes, or skips) the
 stage, judges it on validation and applies the progression rule; the stage's `{symbol}_{stage}.pth` is exported
 and recorded in `summary.json`. Then the final model (`final.select_final`: the best stage on validation by
-`final_metric`) is exported as `{symbol}_final_model.pth`, and every symbol is backtested on the test split
-into one report (`reporting`). Every file records the run's whole `EnvConfig`.
+`final_metric`; or, with `--seeds N --final_model=ensemble`, the ensemble of one stage's N members, `members`) is
+exported as `{symbol}_final_model.pth`, and every symbol is backtested on the test split into one report
+(`reporting`). Every file records the run's whole `EnvConfig`; summary.json also records the data the run saw.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from jaxtrade import data as D, env as E, export, sharding
 from jaxtrade.config import SequenceConfig
 from jaxtrade.errors import GateFailure, InputError
 from jaxtrade.jsonio import write_json_atomic
-from jaxtrade.pipeline import final, reporting
+from jaxtrade.pipeline import final, members, reporting
 from jaxtrade.pipeline.context import SymbolContext
 from jaxtrade.pipeline.stages import STAGE_FILES
 from jaxtrade.pipeline.train_stage import run_stage
@@ -83,6 +84,7 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
     final_models: dict[str, tuple[Any, Any, str]] = {}
     contexts: dict[str, SymbolContext] = {}
     stage_models: dict[str, dict[str, tuple[Any, Any]]] = {}
+    member_sections: dict[str, dict] = {}
     for i, symbol in enumerate(symbols):
         ctx = SymbolContext(cfg, symbol)
         contexts[symbol] = ctx
@@ -94,8 +96,10 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
         summary_path = run_dir / symbol / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.exists() and not cfg.run.overwrite else {}
         summary.update({"symbol": symbol, "run": cfg.run.run_name, "synthetic": ctx.market.synthetic,
-                        "config": cfg.to_dict(), "stages": summary.get("stages", {})})
+                        "config": cfg.to_dict(), "stages": summary.get("stages", {}), "data": ctx.data_record()})
         prev = None
+        stage_members: dict[str, list[dict]] = {}
+        member_prevs: list = [None] * (cfg.run.seeds - 1)
         records: dict[str, dict] = {}
         stage_models[symbol] = {}
         sym_key = jax.random.fold_in(key, i)
@@ -112,6 +116,11 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
                                   metrics=rec["validation"], env_config=cfg.env.to_dict(),
                                   extra={"gate_passed": rec["gate_passed"], "iterations": rec["iterations"]})
                 rec["model_file"] = str(path)
+            if cfg.run.seeds > 1:  # the other seeds' members of this stage (members.py)
+                extra = members.train_members(cfg, ctx, stage, member_prevs, i, j)
+                member_prevs = [r["params"] for r in extra]
+                stage_members[stage] = [result, *extra]
+                summary.setdefault("members", {})[stage] = members.member_records(cfg, stage_members[stage])
             if writer:
                 write_json_atomic(summary_path, summary)
             prev = result["params"]
@@ -122,7 +131,13 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
                 out.write(f"{symbol}: auto_progression is off; stopping after {stage}. Run the same command "
                           f"again to go on to {cfg.run.stages[j + 1]}.\n")
                 break
-        if records and cfg.run.keep_best_models:
+        if stage_members and cfg.run.keep_best_models and cfg.run.final_model == "ensemble":
+            chosen, summary["final_model"] = members.final_ensemble(cfg, ctx, stage_members, models_dir, can_export)
+            final_models[symbol] = (chosen["network"], chosen["params"], f"ensemble of {cfg.run.seeds} {chosen['stage']}")
+            member_sections[symbol] = members.report_members(cfg, chosen["stage"], stage_members[chosen["stage"]])
+            write_json_atomic(summary_path, summary)
+            out.write(f"{symbol}: final model = {chosen['why']} -> {summary['final_model']['file'] or summary['final_model']['checkpoint']}\n")
+        elif records and cfg.run.keep_best_models:
             # Stages finished by an earlier command (say `--stages ppo,moe,maml`, then `--stages ppo`) compete too:
             # the final model is the best of every finished stage, not of this command's.
             candidates, earlier = dict(records), {}
@@ -142,6 +157,8 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
                                       "file": str(path) if can_export else None,
                                       "checkpoint": candidates[best].get("checkpoint")}
             final_models[symbol] = (network, params, best)
+            if best in stage_members:
+                member_sections[symbol] = members.report_members(cfg, best, stage_members[best])
             if writer:
                 write_json_atomic(summary_path, summary)
             where = path if can_export else f"{candidates[best].get('checkpoint')} (Orbax; no .pth without PyTorch)"
@@ -151,7 +168,8 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
         with tempfile.TemporaryDirectory() as scratch:
             run = cfg.run if writer else dataclasses.replace(cfg.run, output_dir=scratch, report_file="")
             report_path = reporting.write_report(dataclasses.replace(cfg, run=run), contexts, stage_models,
-                                                 final_models, out if writer else io.StringIO())
+                                                 final_models, out if writer else io.StringIO(),
+                                                 member_sections)
         if writer:
             out.write(f"report: {report_path}\n")
     sharding.sync("outputs written")

@@ -36,14 +36,15 @@ def stage_dir(cfg: SequenceConfig, symbol: str, stage: str) -> Path:
 
 
 def stage_settings(cfg: SequenceConfig, stage: str) -> dict:
-    """What trained `stage`, JSON-normalised: its config groups less `num_iterations` (a larger budget is not a
-    different run), the seed and, after stage 1, transfer_learning."""
+    """What trained `stage`, JSON-normalised: its config groups less the budget (`num_iterations`, and the early
+    stopping patience: a larger budget is not a different run), the seed and, after stage 1, transfer_learning."""
     settings: dict[str, Any] = {"seed": cfg.run.seed}
     if stage != "ppo":
         settings["transfer_learning"] = cfg.run.transfer_learning
     for group in STAGE_SETTINGS[stage]:
         fields = dataclasses.asdict(cfg.groups[group])
         fields.pop("num_iterations", None)
+        fields.pop("early_stopping_patience", None)
         settings[group] = fields
     return json.loads(json.dumps(to_json(settings)))
 
