@@ -20,6 +20,7 @@ from jaxtrade.agents.ppo import PPOConfig
 from jaxtrade.data import SPLITS
 from jaxtrade.env import EnvConfig
 from jaxtrade.errors import InputError
+from jaxtrade.evaluation.folds import WalkForwardConfig
 from jaxtrade.gates import GateConfig, MAMLGateConfig
 from jaxtrade.jsonio import to_json
 
@@ -37,6 +38,7 @@ class RunConfig:
     run_name: str = "default"
     stages: tuple[str, ...] = STAGES
     seed: int = 0
+    seeds: int = 1  # seeds of each stage trained side by side in one program (vmap): seed, seed+1, ...
     overwrite: bool = False  # retrain finished stages instead of skipping them
     save_checkpoints: bool = True
     checkpoint_every: int = 50  # iterations between Orbax saves (the seed's monitoring.checkpoint_frequency)
@@ -64,6 +66,8 @@ class RunConfig:
             raise InputError(f"--stages must be in the order ppo, moe, maml; got {','.join(self.stages)}")
         if self.final_metric not in FINAL_METRICS:
             raise InputError(f"--final_metric: {self.final_metric!r} is not one of {', '.join(FINAL_METRICS)}")
+        if not isinstance(self.seeds, int) or self.seeds < 1:
+            raise InputError(f"--seeds must be an integer >= 1, got {self.seeds}")
         if self.checkpoint_every < 1:
             raise InputError(f"--checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if not -1.0 < self.risk_free_rate < 1.0:
@@ -89,7 +93,8 @@ class ProgressionConfig:
 
 def _group_types() -> dict[str, type]:
     return {"env": EnvConfig, "ppo": PPOConfig, "ppo_gate": GateConfig, "progression": ProgressionConfig,
-            "moe": MoEConfig, "moe_gate": GateConfig, "maml": MAMLConfig, "maml_gate": MAMLGateConfig}
+            "moe": MoEConfig, "moe_gate": GateConfig, "maml": MAMLConfig, "maml_gate": MAMLGateConfig,
+            "eval": WalkForwardConfig}
 
 
 @dataclasses.dataclass(frozen=True)
