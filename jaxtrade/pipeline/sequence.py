@@ -57,8 +57,9 @@ def resolve_symbols(cfg: SequenceConfig, out=sys.stdout) -> list[str]:
     return wanted
 
 
-def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
-    """Run the configured stages for every symbol, then the test-split report. Returns the exit code."""
+def run_sequence(cfg: SequenceConfig, out=sys.stdout, fold: int | None = None) -> int:
+    """Run the configured stages for every symbol, then the test-split report. Returns the exit code. fold: one
+    walk-forward fold of `cfg.eval` (`pipeline.walk_forward` runs each), None: the single split."""
     t_start = time.perf_counter()
     symbols = resolve_symbols(cfg, out=out)
     # torch is an optional extra: without it the run trains, checkpoints (Orbax) and reports, and says that the
@@ -79,7 +80,7 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
     contexts: dict[str, SymbolContext] = {}
     stage_models: dict[str, dict[str, tuple[Any, Any]]] = {}
     for i, symbol in enumerate(symbols):
-        ctx = SymbolContext(cfg, symbol)
+        ctx = SymbolContext(cfg, symbol, fold)
         contexts[symbol] = ctx
         synthetic = " (SYNTHETIC data)" if ctx.market.synthetic else ""
         out.write(f"== {symbol}{synthetic}: {ctx.market.num_bars:,} bars, {ctx.market.num_sessions} sessions, "

@@ -40,6 +40,8 @@ def stage_settings(cfg: SequenceConfig, stage: str) -> dict:
     settings: dict[str, Any] = {"seed": cfg.run.seed}
     if stage != "ppo":
         settings["transfer_learning"] = cfg.run.transfer_learning
+    if cfg.eval != type(cfg.eval)():  # walk-forward windows (recorded only when set: older runs still match)
+        settings["eval"] = dataclasses.asdict(cfg.eval)
     for group in STAGE_SETTINGS[stage]:
         fields = dataclasses.asdict(cfg.groups[group])
         fields.pop("num_iterations", None)
