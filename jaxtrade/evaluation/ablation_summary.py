@@ -79,6 +79,10 @@ def summarize(rows: Sequence[dict], baseline_rows: Sequence[dict], configs: Sequ
         v, _, _ = score_matrix(rows, c["config_id"], "sharpe", "val", tasks)
         entry["validation"]["sharpe"] = {"mean": float(v.mean()), "iqm": stats.iqm(v)}
         entry["seeds"], entry["tasks"] = int(s.shape[0]), int(s.shape[1])
+        sharpe, _, _ = score_matrix(rows, c["config_id"], "sharpe", "test", tasks)
+        entry["test_sharpe_by_symbol"] = {  # mean over seeds and the symbol's folds
+            sym: float(sharpe[:, [j for j, t in enumerate(tasks) if t[0] == sym]].mean())
+            for sym in sorted({t[0] for t in tasks})}
         mine, _, _ = score_matrix(rows, c["config_id"], "sharpe", "test", tasks)
         base, _, _ = score_matrix(rows, baseline_config, "sharpe", "test", tasks)
         entry["prob_improvement"] = _prob_improvement(mine, base, reps, seed)
@@ -86,7 +90,11 @@ def summarize(rows: Sequence[dict], baseline_rows: Sequence[dict], configs: Sequ
     baselines = {}
     for name in sorted({r["baseline"] for r in baseline_rows}):
         baselines[name] = {m: float(_baseline_scores(baseline_rows, name, m, tasks).mean()) for m in TABLE_METRICS}
-        baselines[name]["sharpe_per_task"] = _baseline_scores(baseline_rows, name, "sharpe", tasks)[0].tolist()
+        per_task = _baseline_scores(baseline_rows, name, "sharpe", tasks)[0]
+        baselines[name]["sharpe_per_task"] = per_task.tolist()
+        baselines[name]["test_sharpe_by_symbol"] = {
+            sym: float(per_task[[j for j, t in enumerate(tasks) if t[0] == sym]].mean())
+            for sym in sorted({t[0] for t in tasks})}
     best = max(out_configs, key=lambda e: e["validation"]["sharpe"]["mean"])
     selection = selection_figures(best["config_id"], ids, daily, tasks)
     beats = _beats_baselines(best, baselines, bool(selection.get("significant")))

@@ -74,8 +74,6 @@ def parse_sweep(text: str, base: C.SequenceConfig) -> Sweep:
         raw = [v for v in values.split(",") if v.strip()]
     typed = tuple(C.coerce(v.strip() if kind != "bool" else v.strip().lower() in ("1", "true", "yes"),
                            kind, optional, f"--sweep {key}") for v in raw)
-    if len(set(typed)) != len(typed):
-        raise InputError(f"--sweep {key}: repeated value(s) in {values}")
     for v in typed:  # each value checked by the config's own validation, now, not after training
         C.apply_overrides(base, {key: v}, where=f"--sweep {key}={v}: ")
     return Sweep(key, typed)
@@ -121,6 +119,8 @@ def configurations(sweeps: Sequence[Sweep], zip_mode: bool = False) -> list[Conf
         combos = list(zip(*(s.values for s in sweeps)))
     else:
         combos = list(itertools.product(*(s.values for s in sweeps)))
+    if len(set(combos)) != len(combos):
+        raise InputError(f"--sweep: repeated configuration(s) ({'--zip' if zip_mode else 'a repeated value'})")
     return [Configuration(i, tuple(zip(keys, c))) for i, c in enumerate(combos)]
 
 

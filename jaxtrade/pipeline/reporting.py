@@ -12,8 +12,10 @@ from jaxtrade.evaluation import regimes
 from jaxtrade.pipeline.stages import expert_regimes, fmt
 
 
-def write_report(cfg: SequenceConfig, contexts, stage_models, final_models, out) -> Path:
-    """Backtest the final model (and each stage, and the baselines) on the report split of every symbol."""
+def write_report(cfg: SequenceConfig, contexts, stage_models, final_models, out, seed_models=None) -> Path:
+    """Backtest the final model (and each stage, and the baselines) on the report split of every symbol.
+    seed_models: {symbol: {stage: [each seed's params]}} (`--seeds N`): the final stage's seeds are backtested
+    too, for the across-seed interval beside the chosen model."""
     out_dir = Path(cfg.run.output_dir)
     per_symbol, regime_sections = [], []
     split = cfg.run.report_split
@@ -42,6 +44,8 @@ def write_report(cfg: SequenceConfig, contexts, stage_models, final_models, out)
                 out.write(f"note: {notice}\n")
     header = [f"run {cfg.run.run_name}; split {split}; stages {','.join(cfg.run.stages)}",
               seed_targets_section(per_symbol)]
+    if cfg.run.seeds > 1 and seed_models:
+        header.append(across_seeds_section(contexts, final_models, stage_models, seed_models, split))
     text = report.render_report(per_symbol, header_lines=header)
     if regime_sections:
         text += "\n" + "\n\n".join(regime_sections) + "\n"
@@ -61,4 +65,32 @@ def seed_targets_section(per_symbol) -> str:
         checks = [f"{t.label} {fmt(value)} {'met' if met else 'NOT met'}"
                   for t, value, met in G.seed_target_checks(main.metrics)]
         lines.append(f"  {main.symbol} ({main.split}): " + "; ".join(checks))
+    return "\n".join(lines)
+
+
+def across_seeds_section(contexts, final_models, stage_models, seed_models, split: str) -> str:
+    del stage_models  # the chosen model is final_models'; kept for the call's symmetry with write_report
+    """The final stage's N seeds on the report split: the chosen (best-on-validation) seed beside the median and
+    range of all seeds' Sharpe with a 95% bootstrap interval of their mean, and how many models were tried."""
+    from jaxtrade.evaluation import stats
+
+    lines = ["Across seeds (--seeds): the final model is the best seed on validation of the best stage"]
+    for symbol, (network, _, best) in final_models.items():
+        seeds = seed_models.get(symbol, {}).get(best, [])
+        tried = sum(len(v) for v in seed_models.get(symbol, {}).values())
+        if len(seeds) < 2:
+            continue
+        results = contexts[symbol].backtest_many(
+            [policies.network_policy(network, p, f"{best} seed {i}") for i, p in enumerate(seeds)], split)
+        sharpes = [r.metrics.get("sharpe") for r in results]
+        ok = [float(v) for v in sharpes if v is not None]
+        if len(ok) >= 2:
+            lo, hi = stats.bootstrap_interval("mean", ok, reps=5000)
+            spread = (f"{split} Sharpe across {len(seeds)} seeds: median {fmt(float(sorted(ok)[(len(ok) - 1) // 2]))}, "
+                      f"range {fmt(min(ok))} .. {fmt(max(ok))}, mean {fmt(sum(ok) / len(ok))} (95% bootstrap "
+                      f"[{fmt(lo)}, {fmt(hi)}])")
+        else:
+            spread = f"{split} Sharpe defined for {len(ok)} of {len(seeds)} seeds"
+        lines.append(f"  {symbol}: {spread}; models tried: {tried} ({len(seed_models[symbol])} stage(s) x "
+                     f"{len(seeds)} seeds)")
     return "\n".join(lines)

@@ -79,6 +79,7 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout, fold: int | None = None) -
     final_models: dict[str, tuple[Any, Any, str]] = {}
     contexts: dict[str, SymbolContext] = {}
     stage_models: dict[str, dict[str, tuple[Any, Any]]] = {}
+    seed_models: dict[str, dict[str, list]] = {}  # every seed's policy of each stage (--seeds N)
     for i, symbol in enumerate(symbols):
         ctx = SymbolContext(cfg, symbol, fold)
         contexts[symbol] = ctx
@@ -96,11 +97,16 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout, fold: int | None = None) -
         stage_models[symbol] = {}
         sym_key = jax.random.fold_in(key, i)
         for j, stage in enumerate(cfg.run.stages):
-            result = run_stage(cfg, ctx, stage, prev, jax.random.fold_in(sym_key, j))
+            stage_key = jax.random.fold_in(sym_key, j)
+            if cfg.run.seeds > 1:  # seed s draws what `--seed s` would: seeds seed .. seed+N-1 in one program
+                stage_key = jax.numpy.stack([jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.run.seed + s), i), j)
+                                             for s in range(cfg.run.seeds)])
+            result = run_stage(cfg, ctx, stage, prev, stage_key)
             rec = result["record"]
             records[stage] = rec
             summary["stages"][stage] = rec
             stage_models[symbol][stage] = (result["network"], result["params"])
+            seed_models.setdefault(symbol, {})[stage] = result.get("seed_params") or [result["params"]]
             if cfg.run.save_stage_models and can_export:
                 path = models_dir / f"{symbol}_{STAGE_FILES[stage]}.pth"
                 export.export_pth(path, result["params"], result["network"], symbol=symbol, stage=stage,
@@ -141,7 +147,7 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout, fold: int | None = None) -
             where = path if can_export else f"{candidates[best].get('checkpoint')} (Orbax; no .pth without PyTorch)"
             out.write(f"{symbol}: final model = {best} stage ({why}) -> {where}\n")
     if cfg.run.generate_reports and final_models:
-        report_path = reporting.write_report(cfg, contexts, stage_models, final_models, out)
+        report_path = reporting.write_report(cfg, contexts, stage_models, final_models, out, seed_models=seed_models)
         out.write(f"report: {report_path}\n")
     out.write(f"sequence finished in {time.perf_counter() - t_start:.1f} s; models in {models_dir}\n")
     out.flush()

@@ -19,6 +19,7 @@ from typing import Any
 from absl import logging
 
 from jaxtrade.agents.base import Runner
+from jaxtrade.agents.batched import batched, unstack
 from jaxtrade.checkpoints import StageCheckpointer
 from jaxtrade.config import SequenceConfig
 from jaxtrade.errors import InputError
@@ -40,10 +41,17 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
     jsonl = directory / "metrics.jsonl"
     prog = cfg.progression
     spec = S.build_stage(cfg, ctx, stage, prev_params)
+    seeds = cfg.run.seeds
+    if seeds > 1:  # N seeds side by side in one program (keys: [N], one per seed; shared starting policy)
+        spec.trainer = batched(spec.trainer, seeds)
+        if spec.init_params is not None:
+            spec.init_params = jax.tree.map(lambda x: jax.numpy.broadcast_to(x, (seeds,) + jax.numpy.shape(x)),
+                                            spec.init_params)
     trainer = spec.trainer
     ckpt = StageCheckpointer(directory, keep=cfg.run.keep_checkpoints) if cfg.run.save_checkpoints else None
     try:
-        _, k_stage = jax.random.split(key)  # the stream earlier versions drew (runs stay reproducible)
+        # the stream earlier versions drew (runs stay reproducible); with seeds, each seed's as --seed would
+        k_stage = jax.vmap(lambda k: jax.random.split(k)[1])(key) if seeds > 1 else jax.random.split(key)[1]
         state = jax.jit(lambda t, k, p: t.init(k, p))(trainer, k_stage, spec.init_params)
         target, done, lr_scale, extended, wall = spec.iterations, 0, 1.0, 0, 0.0
         meta: dict[str, Any] = {}
@@ -70,7 +78,11 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
                              stage, done)
                 record = dict(meta["record"])
                 record["resumed"] = "skipped (finished earlier)"
-                return {"record": record, "params": trainer.params_of(state), "network": trainer.network}
+                every = trainer.params_of(state)
+                best = record.get("best_seed_index")
+                params = unstack(every, best) if seeds > 1 and best is not None else every
+                return {"record": record, "params": params, "network": trainer.network,
+                        "seed_params": [unstack(every, i) for i in range(seeds)] if seeds > 1 else [params]}
             logging.info("%s %s: resuming from checkpoint at iteration %d of %d", symbol, stage, done, target)
         elif not cfg.run.overwrite and jsonl.exists():
             jsonl.unlink()  # a stale log from a run that never checkpointed
@@ -94,8 +106,11 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
             state, _ = runner(trainer, state, target - done, chunk=cfg.run.checkpoint_every, done=done,
                               on_chunk=lambda s, n: save(s, n))
             done = target
-            params = trainer.params_of(state)
-            validation, reasons, extras = S.judge(cfg, ctx, stage, trainer.network, params, done)
+            every = trainer.params_of(state)
+            seed_params = [unstack(every, i) for i in range(seeds)] if seeds > 1 else [every]
+            validation, reasons, extras, seed_info = S.judge_seeds(cfg, ctx, stage, trainer.network, seed_params,
+                                                                   done)
+            params = seed_params[seed_info["best_seed_index"]]
             if not reasons or prog.on_fail != "extend" or extended >= prog.max_extension_iterations:
                 break
             chunk = min(prog.extension_chunk, prog.max_extension_iterations - extended)
@@ -116,14 +131,14 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
             "env_steps": int(done * trainer.env_steps_per_iteration), "validation_split": cfg.run.eval_split,
             "validation": validation, "gate": dataclasses.asdict(gate) if gate is not None else None,
             "gate_passed": not reasons, "gate_failures": reasons, "learning_rate_scale": lr_scale,
-            "checkpoint": str(directory), "settings": settings, **extras,
+            "checkpoint": str(directory), "settings": settings, **extras, **seed_info,
         }
         if stage == "moe":
             record["expert_regimes"] = S.expert_regimes(trainer.network, params, ctx, cfg.run.eval_split,
                                                         directory / "expert_regimes.png")
         save(state, done, True, record)
         S.log_result(symbol, stage, done, wall, validation, not reasons, reasons)
-        return {"record": record, "params": params, "network": trainer.network}
+        return {"record": record, "params": params, "network": trainer.network, "seed_params": seed_params}
     finally:
         if ckpt is not None:
             ckpt.close()
