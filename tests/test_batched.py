@@ -60,6 +60,7 @@ def test_folds_by_seeds_by_learning_rates_equal_separate_runs(fold_params):
     assert len({row.tobytes() for row in p}) == 6
 
 
+@pytest.mark.slow
 def test_moe_cells_start_from_their_own_stage1_policy(fold_params):
     per_fold, stacked = fold_params
     keys = jnp.stack([jax.random.split(jax.random.key(7), 2)] * 2)  # [2 folds, 2 seeds]

@@ -10,6 +10,7 @@ import json
 
 import jax
 import numpy as np
+import pytest
 
 from jaxtrade.checkpoints import restore_params
 from jaxtrade.pipeline import run_sequence, walk_forward
@@ -18,6 +19,7 @@ from tests.test_sequence import market_dir, tiny_config  # noqa: F401 - the fixt
 NULL = open("/dev/null", "w")  # noqa: SIM115
 
 
+@pytest.mark.slow
 def test_seeds_in_one_program_equal_single_seed_runs(market_dir):  # noqa: F811
     tmp = market_dir
     cfg = tiny_config(tmp, seeds=3, tearsheet=False, save_stage_models=False, keep_best_models=True)
@@ -42,6 +44,7 @@ def test_seeds_in_one_program_equal_single_seed_runs(market_dir):  # noqa: F811
     assert "Across seeds" in report and "models tried: 3 (1 stage(s) x 3 seeds)" in report
 
 
+@pytest.mark.slow
 def test_walk_forward_runs_each_fold_and_tables_the_tests(market_dir):  # noqa: F811
     tmp = market_dir
     cfg = tiny_config(tmp, tearsheet=False, save_stage_models=False, keep_best_models=True,
