@@ -3,7 +3,8 @@
   1. build the stage's trainer (`stages.build_stage`); a finished stage in the run directory is skipped, an
      unfinished one resumes from its latest Orbax checkpoint (refused when it was trained with other settings);
   2. train through the shared `agents.base.Runner` in chunks of `checkpoint_every` iterations, saving a
-     checkpoint after each, with the progress line and `metrics.jsonl` every `log_every` iterations;
+     checkpoint after each, with the progress line and the training curves (`metrics.jsonl`, and TensorBoard or
+     W&B with `--log_backend`) every `log_every` iterations;
   3. judge the stage on validation (`stages.judge`); on a failed gate apply the progression rule (`continue`,
      `extend` by `extension_chunk` iterations up to `max_extension_iterations`, optionally halving the learning
      rate, a hyperparameter leaf, or `stop`, which the sequence reports);
@@ -24,6 +25,7 @@ from jaxtrade.checkpoints import StageCheckpointer
 from jaxtrade.config import SequenceConfig
 from jaxtrade.errors import InputError
 from jaxtrade.export import network_config
+from jaxtrade.metric_log import open_writer
 from jaxtrade.pipeline import stages as S
 from jaxtrade.pipeline.context import SymbolContext
 from jaxtrade.pipeline.progress import StageLogger
@@ -49,6 +51,7 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
                                             spec.init_params)
     trainer = spec.trainer
     ckpt = StageCheckpointer(directory, keep=cfg.run.keep_checkpoints) if cfg.run.save_checkpoints else None
+    writer = None
     try:
         # the stream earlier versions drew (runs stay reproducible); with seeds, each seed's as --seed would
         k_stage = jax.vmap(lambda k: jax.random.split(k)[1])(key) if seeds > 1 else jax.random.split(key)[1]
@@ -84,10 +87,13 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
                 return {"record": record, "params": params, "network": trainer.network,
                         "seed_params": [unstack(every, i) for i in range(seeds)] if seeds > 1 else [params]}
             logging.info("%s %s: resuming from checkpoint at iteration %d of %d", symbol, stage, done, target)
-        elif not cfg.run.overwrite and jsonl.exists():
-            jsonl.unlink()  # a stale log from a run that never checkpointed
         planned = int(meta.get("planned_iterations", spec.iterations)) if meta else spec.iterations
-        logger = StageLogger(symbol, stage, target, jsonl)
+        # A fresh start drops the curves of a run that never checkpointed; a resumed one keeps them up to its
+        # checkpoint and appends.
+        writer = open_writer(cfg.run.log_backend, directory.parent.parent, f"{symbol}/{stage}", jsonl_path=jsonl,
+                             extra={"symbol": symbol, "stage": stage}, config=cfg.to_dict(),
+                             resume_at=None if latest is None else done)
+        logger = StageLogger(symbol, stage, target, writer)
         runner = Runner(callback=logger, log_every=cfg.run.log_every)
 
         def save(state, iterations: int, complete: bool = False, record: dict | None = None):
@@ -140,5 +146,7 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
         S.log_result(symbol, stage, done, wall, validation, not reasons, reasons)
         return {"record": record, "params": params, "network": trainer.network, "seed_params": seed_params}
     finally:
+        if writer is not None:
+            writer.close()
         if ckpt is not None:
             ckpt.close()
