@@ -96,14 +96,23 @@ def restore_params(directory, step: int | None = None) -> tuple[Any, dict]:
     step = manager.latest_step() if step is None else step
     if step is None:
         raise InputError(f"{directory}: no Orbax checkpoint steps in this directory")
-    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                        meta=ocp.args.JsonRestore()))
+    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_on_this_device(
+        directory / str(step) / "state")), meta=ocp.args.JsonRestore()))
     manager.close()
     state = out["state"]
     params = state.get("params") if isinstance(state, dict) else None
     if params is None:
         raise InputError(f"{directory}: checkpoint step {step} has no 'params' item")
     return jax.tree.map(np.asarray, params), dict(out["meta"])
+
+
+def _on_this_device(item_dir: Path):
+    """The saved tree's shapes and dtypes on this process's first device: a checkpoint written over a device mesh
+    or several hosts (`jaxtrade.sharding`) restores on a machine with other devices."""
+    device = jax.local_devices()[0]
+    metadata = ocp.StandardCheckpointHandler().metadata(item_dir)
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=jax.sharding.SingleDeviceSharding(
+        device)), metadata, is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
 
 
 # ------------------------------------------------------------------------------------------ loading priority

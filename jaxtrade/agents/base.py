@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtrade.sharding import fetch
+
 Metrics = dict[str, jax.Array]
 Callback = Callable[[dict[str, np.ndarray]], None]
 
@@ -127,7 +129,7 @@ class Runner:
             n = target - done if not chunk else min(chunk - done % chunk, target - done)
             t0 = time.perf_counter()
             state, metrics = self._run(trainer, state, num_iterations=n)
-            pieces.append(jax.device_get(metrics))
+            pieces.append(fetch(metrics))  # host numpy (gathered when other processes hold parts)
             self.wall_s += time.perf_counter() - t0
             done += n
             if on_chunk is not None and done < target:

@@ -34,6 +34,7 @@ from jaxtrade.agents import rollout as R
 from jaxtrade.agents import shuffle
 from jaxtrade.agents.base import TrainerMixin
 from jaxtrade.networks import make_network
+from jaxtrade.sharding import constrain_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,6 +261,7 @@ class PPO(TrainerMixin):
             perm = shuffle.permutation(k_perm, size)[: nb * mb]
             mbs = jax.tree.map(lambda x: jnp.take(x, perm, axis=0, mode="clip", unique_indices=True)
                                .reshape((nb, mb) + x.shape[1:]), flat)
+            mbs = constrain_batch(mbs, axis=1)  # each minibatch over the mesh's devices (if any): data parallel
             (p, s), aux = jax.lax.scan(minibatch_step, (p, s), mbs)
             return (p, s, key), aux
 

@@ -9,8 +9,11 @@ into one report (`reporting`). Every file records the run's whole `EnvConfig`.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from typing import Any
 import jax
 from absl import logging
 
-from jaxtrade import data as D, env as E, export
+from jaxtrade import data as D, env as E, export, sharding
 from jaxtrade.config import SequenceConfig
 from jaxtrade.errors import GateFailure, InputError
 from jaxtrade.jsonio import write_json_atomic
@@ -38,8 +41,9 @@ def resolve_symbols(cfg: SequenceConfig, out=sys.stdout) -> list[str]:
         from data_tools.synth import ensure_default_data
 
         raw = Path(run.raw_data_dir)
-        if not raw.is_dir() or not any(raw.iterdir()) or set(wanted) <= defaults:
+        if (not raw.is_dir() or not any(raw.iterdir()) or set(wanted) <= defaults) and sharding.is_writer():
             ensure_default_data(raw, processed, out=out)
+        sharding.sync("default data ready")
         have = set(D.list_symbols(processed))
     cross = cfg.maml.cross_symbol
     if "maml" in run.stages and cross and have and cross not in have:  # checked now, not after stages 1 and 2
@@ -64,6 +68,7 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout, fold: int | None = None) -
     symbols = resolve_symbols(cfg, out=out)
     # torch is an optional extra: without it the run trains, checkpoints (Orbax) and reports, and says that the
     # PyTorch exports were skipped instead of failing after the first stage.
+    writer = sharding.is_writer()  # over several hosts every process trains; process 0 writes the files
     can_export = export.torch_available()
     if not can_export and (cfg.run.save_stage_models or cfg.run.keep_best_models):
         msg = (f"PyTorch is not installed: the .pth exports are skipped (Orbax checkpoints and reports are still "
@@ -107,14 +112,15 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout, fold: int | None = None) -
             summary["stages"][stage] = rec
             stage_models[symbol][stage] = (result["network"], result["params"])
             seed_models.setdefault(symbol, {})[stage] = result.get("seed_params") or [result["params"]]
-            if cfg.run.save_stage_models and can_export:
+            if cfg.run.save_stage_models and can_export and writer:
                 path = models_dir / f"{symbol}_{STAGE_FILES[stage]}.pth"
                 export.export_pth(path, result["params"], result["network"], symbol=symbol, stage=stage,
                                   obs_names=list(E.OBS_NAMES), scaler=ctx.market.scaler.to_dict(),
                                   metrics=rec["validation"], env_config=cfg.env.to_dict(),
                                   extra={"gate_passed": rec["gate_passed"], "iterations": rec["iterations"]})
                 rec["model_file"] = str(path)
-            write_json_atomic(summary_path, summary)
+            if writer:
+                write_json_atomic(summary_path, summary)
             prev = result["params"]
             if not rec["gate_passed"] and cfg.progression.on_fail == "stop":
                 failed_stop.append(f"{symbol} {stage}: {'; '.join(rec['gate_failures'])}")
@@ -135,7 +141,7 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout, fold: int | None = None) -
             best, why = final.select_final(candidates, cfg.run.final_metric)
             network, params = stage_models[symbol][best] if best in stage_models[symbol] else earlier[best]
             path = models_dir / f"{symbol}_final_model.pth"
-            if can_export:
+            if can_export and writer:
                 export.export_pth(path, params, network, symbol=symbol, stage="final", obs_names=list(E.OBS_NAMES),
                                   scaler=ctx.market.scaler.to_dict(), metrics=candidates[best]["validation"],
                                   env_config=cfg.env.to_dict(), extra={"selected_stage": best, "why": why})
@@ -143,12 +149,20 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout, fold: int | None = None) -
                                       "file": str(path) if can_export else None,
                                       "checkpoint": candidates[best].get("checkpoint")}
             final_models[symbol] = (network, params, best)
-            write_json_atomic(summary_path, summary)
+            if writer:
+                write_json_atomic(summary_path, summary)
             where = path if can_export else f"{candidates[best].get('checkpoint')} (Orbax; no .pth without PyTorch)"
             out.write(f"{symbol}: final model = {best} stage ({why}) -> {where}\n")
     if cfg.run.generate_reports and final_models:
-        report_path = reporting.write_report(cfg, contexts, stage_models, final_models, out, seed_models=seed_models)
-        out.write(f"report: {report_path}\n")
+        # Every process computes the report (its programs span them all); only process 0's lands in output_dir.
+        with tempfile.TemporaryDirectory() as scratch:
+            run = cfg.run if writer else dataclasses.replace(cfg.run, output_dir=scratch, report_file="")
+            report_path = reporting.write_report(dataclasses.replace(cfg, run=run), contexts, stage_models,
+                                                 final_models, out if writer else io.StringIO(),
+                                                 seed_models=seed_models)
+        if writer:
+            out.write(f"report: {report_path}\n")
+    sharding.sync("outputs written")
     out.write(f"sequence finished in {time.perf_counter() - t_start:.1f} s; models in {models_dir}\n")
     out.flush()
     if failed_stop:

@@ -24,6 +24,7 @@ from jaxtrade.evaluation import adaptation, regimes
 from jaxtrade.jsonio import to_json
 from jaxtrade.pipeline.context import SymbolContext
 from jaxtrade.policies import network_policy
+from jaxtrade.sharding import is_writer
 
 STAGE_FILES = {"ppo": "ppo_stage1", "moe": "moe_stage2", "maml": "maml_stage3_final"}
 # The config groups a stage's training depends on (its gate is judged afresh from the record, not stored here).
@@ -172,7 +173,8 @@ def expert_regimes(network, params, ctx: SymbolContext, split: str, png_path: Pa
     """Which expert leads in which market condition (volatility terciles x trend) on `split`, with a heat-map PNG
     beside the MoE checkpoints."""
     table = regimes.expert_regime_table(network, params, ctx.market, split=split, env_params=ctx.eval_params(split))
-    regimes.plot_expert_regimes(table, png_path)
+    if is_writer():
+        regimes.plot_expert_regimes(table, png_path)
     table["heatmap"] = str(png_path) if png_path.exists() else None
     return table
 

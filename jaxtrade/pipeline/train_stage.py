@@ -19,6 +19,7 @@ from typing import Any
 
 from absl import logging
 
+from jaxtrade import sharding
 from jaxtrade.agents.base import Runner
 from jaxtrade.agents.batched import batched, unstack
 from jaxtrade.checkpoints import StageCheckpointer
@@ -37,8 +38,10 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
 
     symbol = ctx.symbol
     directory = S.stage_dir(cfg, symbol, stage)
-    if cfg.run.overwrite and directory.exists():
+    writes = sharding.is_writer()  # over several hosts, process 0 writes (Orbax coordinates its own saves)
+    if cfg.run.overwrite and directory.exists() and writes:
         shutil.rmtree(directory)
+    sharding.sync(f"{directory} cleared")
     directory.mkdir(parents=True, exist_ok=True)
     jsonl = directory / "metrics.jsonl"
     prog = cfg.progression
@@ -81,7 +84,7 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
                              stage, done)
                 record = dict(meta["record"])
                 record["resumed"] = "skipped (finished earlier)"
-                every = trainer.params_of(state)
+                every = sharding.fetch(trainer.params_of(state))  # host copies: judging runs on each process
                 best = record.get("best_seed_index")
                 params = unstack(every, best) if seeds > 1 and best is not None else every
                 return {"record": record, "params": params, "network": trainer.network,
@@ -90,9 +93,9 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
         planned = int(meta.get("planned_iterations", spec.iterations)) if meta else spec.iterations
         # A fresh start drops the curves of a run that never checkpointed; a resumed one keeps them up to its
         # checkpoint and appends.
-        writer = open_writer(cfg.run.log_backend, directory.parent.parent, f"{symbol}/{stage}", jsonl_path=jsonl,
-                             extra={"symbol": symbol, "stage": stage}, config=cfg.to_dict(),
-                             resume_at=None if latest is None else done)
+        writer = None if not writes else open_writer(  # over several hosts, process 0 logs
+            cfg.run.log_backend, directory.parent.parent, f"{symbol}/{stage}", jsonl_path=jsonl,
+            extra={"symbol": symbol, "stage": stage}, config=cfg.to_dict(), resume_at=None if latest is None else done)
         logger = StageLogger(symbol, stage, target, writer)
         runner = Runner(callback=logger, log_every=cfg.run.log_every)
 
@@ -112,7 +115,7 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
             state, _ = runner(trainer, state, target - done, chunk=cfg.run.checkpoint_every, done=done,
                               on_chunk=lambda s, n: save(s, n))
             done = target
-            every = trainer.params_of(state)
+            every = sharding.fetch(trainer.params_of(state))  # host copies: judging runs on each process
             seed_params = [unstack(every, i) for i in range(seeds)] if seeds > 1 else [every]
             validation, reasons, extras, seed_info = S.judge_seeds(cfg, ctx, stage, trainer.network, seed_params,
                                                                    done)
