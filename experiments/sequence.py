@@ -65,11 +65,13 @@ def config_from_flags() -> C.SequenceConfig:
 
 def main(argv) -> int:
     del argv
-    from jaxtrade.pipeline import run_sequence
+    from jaxtrade.pipeline import run_sequence, walk_forward
 
     logging.set_verbosity(logging.INFO)
     sharding.setup_from_flags()  # jax.distributed and the device mesh, before any computation
     cfg = config_from_flags()
+    if walk_forward.active(cfg):  # --eval.walk_forward=K / --eval.*_sessions: the sequence on each fold
+        return walk_forward.run_walk_forward(cfg, out=sys.stdout)
     return run_sequence(cfg, out=sys.stdout)
 
 

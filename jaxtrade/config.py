@@ -20,6 +20,7 @@ from jaxtrade.agents.ppo import PPOConfig
 from jaxtrade.data import SPLITS
 from jaxtrade.env import EnvConfig
 from jaxtrade.errors import InputError
+from jaxtrade.evaluation.folds import WalkForwardConfig
 from jaxtrade.gates import GateConfig, MAMLGateConfig
 from jaxtrade.jsonio import to_json
 from jaxtrade.metric_log import check_backends
@@ -111,7 +112,8 @@ class ProgressionConfig:
 
 def _group_types() -> dict[str, type]:
     return {"env": EnvConfig, "ppo": PPOConfig, "ppo_gate": GateConfig, "progression": ProgressionConfig,
-            "moe": MoEConfig, "moe_gate": GateConfig, "maml": MAMLConfig, "maml_gate": MAMLGateConfig}
+            "moe": MoEConfig, "moe_gate": GateConfig, "maml": MAMLConfig, "maml_gate": MAMLGateConfig,
+            "eval": WalkForwardConfig}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +127,10 @@ class SequenceConfig:
             if patience and not self.run.eval_every:
                 raise InputError(f"--{stage}.early_stopping_patience={patience} needs --eval_every K > 0 (how many "
                                  f"iterations apart the validation evaluations are)")
+            if patience and self.run.seeds > 1:
+                # The seeds train in one program; each would stop at its own iteration.
+                raise InputError(f"--{stage}.early_stopping_patience={patience} with --seeds {self.run.seeds}: early "
+                                 f"stopping runs one seed at a time; use --seeds 1 (or no patience)")
 
     def __getattr__(self, name):
         groups = object.__getattribute__(self, "groups")

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from jaxtrade import pipeline as S, policies as P
-from jaxtrade.checkpoints import restore_params
 from jaxtrade.ensemble import Ensemble
 from jaxtrade.errors import InputError
 from jaxtrade.pipeline import retrain as R
@@ -32,20 +31,22 @@ def finished_run(tmp_path_factory):
 
 
 def test_sequence_with_seeds_picks_the_ensemble(finished_run):
-    """Member 1 trains as `--seed 1` would, the final model is the ensemble of the stage's two members (Orbax and
-    .pth), and the report shows it beside each member."""
+    """The final model is the ensemble of the stage's two seeds (trained side by side in one program; Orbax and
+    .pth); its member of the best seed is the stage's exported policy, the other member differs; the report shows
+    the ensemble beside each member."""
     run = finished_run / "ck" / "t"
     summary = json.loads((run / "NIFTY_5" / "summary.json").read_text())
     assert summary["final_model"]["stage"] == "ensemble" and summary["final_model"]["seeds"] == [0, 1]
     assert [m["seed"] for m in summary["members"]["ppo"]] == [0, 1]
-    member0, _ = _params_of_run(finished_run / "ck")
-    member1, _ = restore_params(run / "NIFTY_5" / "seeds" / "1" / "ppo")
+    stage_rec = summary["stages"]["ppo"]
+    assert [m["validation"] for m in summary["members"]["ppo"]] == [s["validation"] for s in stage_rec["seeds"]]
+    best, _ = _params_of_run(finished_run / "ck")
     model = P.load_model(run / "NIFTY_5" / "ensemble")
     assert isinstance(model.network, Ensemble) and model.network.num_members == 2
-    for i, member in enumerate((member0, member1)):
-        for x, y in zip(jax.tree.leaves(member), jax.tree.leaves(model.network.member_params(model.params, i))):
-            np.testing.assert_array_equal(x, y)
-    assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(member0), jax.tree.leaves(member1)))
+    members = [model.network.member_params(model.params, i) for i in range(2)]
+    for x, y in zip(jax.tree.leaves(best), jax.tree.leaves(members[stage_rec["best_seed_index"]])):
+        np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(members[0]), jax.tree.leaves(members[1])))
     report = (finished_run / "reports" / "t_report.txt").read_text()
     assert "the ppo stage's 2 seeds and their ensemble" in report and "members min .. max" in report
     if HAS_TORCH:

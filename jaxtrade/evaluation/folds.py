@@ -46,9 +46,9 @@ class WalkForwardConfig:
     """The `--eval.*` flags. Session counts of None take their sizes from the split fractions."""
 
     walk_forward: int = 1  # K folds; 1 = today's single train/val/test split
-    train_sessions: int | None = None
-    val_sessions: int | None = None
-    test_sessions: int | None = None
+    train_sessions: int | None = None  # sessions per training window (give all three window sizes or none)
+    val_sessions: int | None = None  # sessions per validation window (none: sizes from env.split_fractions)
+    test_sessions: int | None = None  # sessions per test window; folds step forward by it
     anchored: bool = False  # expanding train window: every fold trains from the first fold's first session
 
     def __post_init__(self):

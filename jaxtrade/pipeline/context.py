@@ -15,14 +15,25 @@ class SymbolContext:
     """float32 market and params for training and on-device evaluation, float64 market for the validation and
     test backtests that gates and the report read."""
 
-    def __init__(self, cfg: SequenceConfig, symbol: str):
+    def __init__(self, cfg: SequenceConfig, symbol: str, fold: int | None = None):
+        """fold: a walk-forward fold of `cfg.eval` (`evaluation.folds`): the markets' splits are that fold's
+        windows and the feature scaler its training window's; None: the symbol's single split."""
         self.cfg = cfg
         self.symbol = symbol
-        self.market = E.market_for(cfg.env, cfg.run.processed_data_dir, symbol)
+        self.fold = fold
+        self.market = self._fold(E.market_for(cfg.env, cfg.run.processed_data_dir, symbol))
         self.train_params = E.env_params(cfg.env, self.market, "train")
         with jax.enable_x64(True):
-            self.market64 = E.market_for(cfg.env, cfg.run.processed_data_dir, symbol, price_dtype=jnp.float64)
+            self.market64 = self._fold(E.market_for(cfg.env, cfg.run.processed_data_dir, symbol,
+                                                    price_dtype=jnp.float64))
         self.backtest_config = B.BacktestConfig(env=cfg.env, seed=cfg.run.seed, risk_free_rate=cfg.run.risk_free_rate)
+
+    def _fold(self, market):
+        if self.fold is None:
+            return market
+        from jaxtrade.evaluation import folds as W
+        plan = W.plan_folds(market.num_sessions, self.cfg.eval, self.cfg.env.split_fractions, where=self.symbol)
+        return W.fold_market(market, plan[self.fold])
 
     def eval_params(self, split: str) -> E.EnvParams:
         """float32 params of `split` as one episode (on-device evaluation traces: the expert-regime table)."""

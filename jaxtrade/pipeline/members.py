@@ -1,11 +1,9 @@
 """`--seeds N`: each stage trained for N seeds, and the ensemble of one stage's members as the final model
 (`--final_model=ensemble`, `--ensemble_rule mean|vote`; the seed guide's "ensemble methods for robustness").
 
-Member i (0 <= i < N) of a stage is what `--seed S+i` trains (S = `--seed`): the same keys, the same settings with
-that seed. Member 0 is the run's own stage (its usual checkpoint directory and `.pth`); members 1..N-1 are trained
-one after another by `train_members`, each in `{run}/{symbol}/seeds/{S+i}/{stage}` (resumable like any stage),
-each starting from its own member of the previous stage. (When the sequence runs the N seeds of a stage vmapped in
-one program, `train_members` is the one function to replace.)
+Member i (0 <= i < N) of a stage is seed S+i (S = `--seed`) of the N seeds `train_stage.run_stage` trains side by
+side in one program (each what `--seed S+i` trains alone; every seed of a stage starts from the previous stage's
+exported policy). `members_of` turns that stage result into the member list.
 
 The ensemble: for every stage trained with N members, `jaxtrade.ensemble.Ensemble` of its members (stacked
 parameters) is backtested on validation; with `--final_model=ensemble` the best of these by `--final_metric` is the
@@ -15,13 +13,10 @@ final model: `{symbol}_final_model.pth` holds every member (`members.{m}.` names
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
-
-import jax
 
 from jaxtrade import env as E, export
 from jaxtrade.checkpoints import StageCheckpointer
@@ -29,7 +24,6 @@ from jaxtrade.config import SequenceConfig
 from jaxtrade.ensemble import Ensemble, stack_members
 from jaxtrade.pipeline.context import SymbolContext
 from jaxtrade.pipeline.final import select_final
-from jaxtrade.pipeline.train_stage import run_stage
 from jaxtrade.policies import network_policy
 
 ENSEMBLE_DIR = "ensemble"
@@ -39,25 +33,13 @@ def seeds_of(cfg: SequenceConfig) -> list[int]:
     return [cfg.run.seed + i for i in range(cfg.run.seeds)]
 
 
-def member_config(cfg: SequenceConfig, i: int) -> SequenceConfig:
-    """The run's config with member i's seed (`--seed S+i`)."""
-    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=cfg.run.seed + i))
-
-
-def member_dir(cfg: SequenceConfig, symbol: str, stage: str, i: int) -> Path:
-    return Path(cfg.run.checkpoint_dir) / cfg.run.run_name / symbol / "seeds" / str(cfg.run.seed + i) / stage
-
-
-def train_members(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prevs: list, symbol_index: int,
-                  stage_index: int) -> list[dict]:
-    """Members 1..N-1 of `stage`, one after another (`prevs[i - 1]`: member i's previous-stage parameters, None for
-    the first stage). Each is `run_stage` of `member_config(cfg, i)` with the key `--seed S+i` would use."""
-    out = []
-    for i in range(1, cfg.run.seeds):
-        mcfg = member_config(cfg, i)
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.key(mcfg.run.seed), symbol_index), stage_index)
-        out.append(run_stage(mcfg, ctx, stage, prevs[i - 1], key, directory=member_dir(cfg, ctx.symbol, stage, i)))
-    return out
+def members_of(result: dict) -> list[dict]:
+    """One stage's members from its `run_stage` result: seed i's parameters and its own validation record (the
+    stage record's per-seed entries)."""
+    per_seed = result["record"].get("seeds") or [{"validation": result["record"]["validation"]}]
+    return [{"params": p, "network": result["network"],
+             "record": {"validation": entry["validation"], "gate_passed": entry.get("gate_passed")}}
+            for p, entry in zip(result["seed_params"], per_seed)]
 
 
 def member_records(cfg: SequenceConfig, results: list[dict]) -> list[dict]:

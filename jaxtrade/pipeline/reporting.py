@@ -16,9 +16,12 @@ from jaxtrade.evaluation import regimes
 from jaxtrade.pipeline.stages import expert_regimes, fmt
 
 
-def write_report(cfg: SequenceConfig, contexts, stage_models, final_models, out, member_sections=None) -> Path:
+def write_report(cfg: SequenceConfig, contexts, stage_models, final_models, out, member_sections=None,
+                 seed_models=None) -> Path:
     """Backtest the final model (and each stage, and the baselines) on the report split of every symbol;
-    `member_sections`: symbol -> `members.report_members` (the ensemble and its members, with `--seeds N`)."""
+    `member_sections`: symbol -> `members.report_members` (the ensemble and its members, with `--seeds N`);
+    `seed_models`: {symbol: {stage: [each seed's params]}} (`--seeds N`): the final stage's seeds are backtested
+    too, for the across-seed interval beside the chosen model."""
     out_dir = Path(cfg.run.output_dir)
     per_symbol, regime_sections, extra_sections = [], [], []
     member_sections = member_sections or {}
@@ -50,6 +53,8 @@ def write_report(cfg: SequenceConfig, contexts, stage_models, final_models, out,
                 out.write(f"note: {notice}\n")
     header = [f"run {cfg.run.run_name}; split {split}; stages {','.join(cfg.run.stages)}",
               seed_targets_section(per_symbol), *early_stopping_lines(cfg, final_models)]
+    if cfg.run.seeds > 1 and seed_models and cfg.run.final_model != "ensemble":  # the ensemble has its own section
+        header.append(across_seeds_section(contexts, final_models, stage_models, seed_models, split))
     text = report.render_report(per_symbol, header_lines=header)
     if regime_sections or extra_sections:
         text += "\n" + "\n\n".join(extra_sections + regime_sections) + "\n"
@@ -114,3 +119,31 @@ def members_section(ctx, split: str, info: dict) -> str:
     n = len(info["members"])
     return (f"== {ctx.symbol}: the {info['stage']} stage's {n} seeds and their ensemble, {split} split ==\n\n"
             + report.table(header, rows))
+
+
+def across_seeds_section(contexts, final_models, stage_models, seed_models, split: str) -> str:
+    """The final stage's N seeds on the report split: the chosen (best-on-validation) seed beside the median and
+    range of all seeds' Sharpe with a 95% bootstrap interval of their mean, and how many models were tried."""
+    del stage_models  # the chosen model is final_models'; kept for the call's symmetry with write_report
+    from jaxtrade.evaluation import stats
+
+    lines = ["Across seeds (--seeds): the final model is the best seed on validation of the best stage"]
+    for symbol, (network, _, best) in final_models.items():
+        seeds = seed_models.get(symbol, {}).get(best, [])
+        tried = sum(len(v) for v in seed_models.get(symbol, {}).values())
+        if len(seeds) < 2:
+            continue
+        results = contexts[symbol].backtest_many(
+            [policies.network_policy(network, p, f"{best} seed {i}") for i, p in enumerate(seeds)], split)
+        sharpes = [r.metrics.get("sharpe") for r in results]
+        ok = [float(v) for v in sharpes if v is not None]
+        if len(ok) >= 2:
+            lo, hi = stats.bootstrap_interval("mean", ok, reps=5000)
+            spread = (f"{split} Sharpe across {len(seeds)} seeds: median {fmt(float(sorted(ok)[(len(ok) - 1) // 2]))}, "
+                      f"range {fmt(min(ok))} .. {fmt(max(ok))}, mean {fmt(sum(ok) / len(ok))} (95% bootstrap "
+                      f"[{fmt(lo)}, {fmt(hi)}])")
+        else:
+            spread = f"{split} Sharpe defined for {len(ok)} of {len(seeds)} seeds"
+        lines.append(f"  {symbol}: {spread}; models tried: {tried} ({len(seed_models[symbol])} stage(s) x "
+                     f"{len(seeds)} seeds)")
+    return "\n".join(lines)

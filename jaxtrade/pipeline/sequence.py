@@ -62,8 +62,9 @@ def resolve_symbols(cfg: SequenceConfig, out=sys.stdout) -> list[str]:
     return wanted
 
 
-def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
-    """Run the configured stages for every symbol, then the test-split report. Returns the exit code."""
+def run_sequence(cfg: SequenceConfig, out=sys.stdout, fold: int | None = None) -> int:
+    """Run the configured stages for every symbol, then the test-split report. Returns the exit code. fold: one
+    walk-forward fold of `cfg.eval` (`pipeline.walk_forward` runs each), None: the single split."""
     t_start = time.perf_counter()
     symbols = resolve_symbols(cfg, out=out)
     # torch is an optional extra: without it the run trains, checkpoints (Orbax) and reports, and says that the
@@ -85,8 +86,9 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
     contexts: dict[str, SymbolContext] = {}
     stage_models: dict[str, dict[str, tuple[Any, Any]]] = {}
     member_sections: dict[str, dict] = {}
+    seed_models: dict[str, dict[str, list]] = {}  # every seed's policy of each stage (--seeds N)
     for i, symbol in enumerate(symbols):
-        ctx = SymbolContext(cfg, symbol)
+        ctx = SymbolContext(cfg, symbol, fold)
         contexts[symbol] = ctx
         synthetic = " (SYNTHETIC data)" if ctx.market.synthetic else ""
         out.write(f"== {symbol}{synthetic}: {ctx.market.num_bars:,} bars, {ctx.market.num_sessions} sessions, "
@@ -99,16 +101,20 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
                         "config": cfg.to_dict(), "stages": summary.get("stages", {}), "data": ctx.data_record()})
         prev = None
         stage_members: dict[str, list[dict]] = {}
-        member_prevs: list = [None] * (cfg.run.seeds - 1)
         records: dict[str, dict] = {}
         stage_models[symbol] = {}
         sym_key = jax.random.fold_in(key, i)
         for j, stage in enumerate(cfg.run.stages):
-            result = run_stage(cfg, ctx, stage, prev, jax.random.fold_in(sym_key, j))
+            stage_key = jax.random.fold_in(sym_key, j)
+            if cfg.run.seeds > 1:  # seed s draws what `--seed s` would: seeds seed .. seed+N-1 in one program
+                stage_key = jax.numpy.stack([jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.run.seed + s), i), j)
+                                             for s in range(cfg.run.seeds)])
+            result = run_stage(cfg, ctx, stage, prev, stage_key)
             rec = result["record"]
             records[stage] = rec
             summary["stages"][stage] = rec
             stage_models[symbol][stage] = (result["network"], result["params"])
+            seed_models.setdefault(symbol, {})[stage] = result.get("seed_params") or [result["params"]]
             if cfg.run.save_stage_models and can_export and writer:
                 path = models_dir / f"{symbol}_{STAGE_FILES[stage]}.pth"
                 export.export_pth(path, result["params"], result["network"], symbol=symbol, stage=stage,
@@ -116,10 +122,8 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
                                   metrics=rec["validation"], env_config=cfg.env.to_dict(),
                                   extra={"gate_passed": rec["gate_passed"], "iterations": rec["iterations"]})
                 rec["model_file"] = str(path)
-            if cfg.run.seeds > 1:  # the other seeds' members of this stage (members.py)
-                extra = members.train_members(cfg, ctx, stage, member_prevs, i, j)
-                member_prevs = [r["params"] for r in extra]
-                stage_members[stage] = [result, *extra]
+            if cfg.run.seeds > 1:  # the stage's seeds, trained side by side in one program, as ensemble members
+                stage_members[stage] = members.members_of(result)
                 summary.setdefault("members", {})[stage] = members.member_records(cfg, stage_members[stage])
             if writer:
                 write_json_atomic(summary_path, summary)
@@ -169,7 +173,7 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
             run = cfg.run if writer else dataclasses.replace(cfg.run, output_dir=scratch, report_file="")
             report_path = reporting.write_report(dataclasses.replace(cfg, run=run), contexts, stage_models,
                                                  final_models, out if writer else io.StringIO(),
-                                                 member_sections)
+                                                 member_sections, seed_models=seed_models)
         if writer:
             out.write(f"report: {report_path}\n")
     sharding.sync("outputs written")

@@ -39,8 +39,12 @@ def stage_settings(cfg: SequenceConfig, stage: str) -> dict:
     """What trained `stage`, JSON-normalised: its config groups less the budget (`num_iterations`, and the early
     stopping patience: a larger budget is not a different run), the seed and, after stage 1, transfer_learning."""
     settings: dict[str, Any] = {"seed": cfg.run.seed}
+    if cfg.run.seeds > 1:  # recorded only when set: older runs still match
+        settings["seeds"] = cfg.run.seeds
     if stage != "ppo":
         settings["transfer_learning"] = cfg.run.transfer_learning
+    if cfg.eval != type(cfg.eval)():  # walk-forward windows (recorded only when set: older runs still match)
+        settings["eval"] = dataclasses.asdict(cfg.eval)
     for group in STAGE_SETTINGS[stage]:
         fields = dataclasses.asdict(cfg.groups[group])
         fields.pop("num_iterations", None)
@@ -117,6 +121,29 @@ def judge(cfg: SequenceConfig, ctx: SymbolContext, stage: str, network, params, 
     evaluation = heldout_adaptation(cfg, ctx, network, params)
     reasons = G.check_maml_gate(evaluation, cfg.maml_gate, iterations, validation)
     return validation, reasons, {"adaptation": to_json(evaluation)}
+
+
+def judge_seeds(cfg: SequenceConfig, ctx: SymbolContext, stage: str, network, seed_params: list, iterations: int
+                ) -> tuple[dict, list[str], dict, dict]:
+    """`judge` for N seeds trained side by side: each seed is judged; the gate reads the median seed by
+    `--final_metric` (the lower middle one for even N), and the best seed is what the stage exports. Returns the
+    median seed's (validation, reasons, extras) and the record's seed entries."""
+    judged = [judge(cfg, ctx, stage, network, p, iterations) for p in seed_params]
+    n = len(judged)
+    if n == 1:
+        return (*judged[0], {"best_seed_index": 0})
+
+    def value(i):
+        v = judged[i][0].get(cfg.run.final_metric)
+        return -math.inf if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+    order = sorted(range(n), key=value)
+    median, best = order[(n - 1) // 2], order[-1]
+    info = {"seeds": [{"seed": cfg.run.seed + i, "validation": judged[i][0], "gate_passed": not judged[i][1]}
+                      for i in range(n)],
+            "gate_seed": cfg.run.seed + median, "best_seed": cfg.run.seed + best, "best_seed_index": best,
+            "best_seed_validation": judged[best][0]}
+    return (*judged[median], info)
 
 
 def heldout_adaptation(cfg: SequenceConfig, ctx: SymbolContext, network, params) -> dict:

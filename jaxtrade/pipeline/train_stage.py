@@ -25,6 +25,7 @@ from absl import logging
 
 from jaxtrade import sharding
 from jaxtrade.agents.base import Runner
+from jaxtrade.agents.batched import batched, unstack
 from jaxtrade.checkpoints import StageCheckpointer
 from jaxtrade.config import SequenceConfig
 from jaxtrade.errors import InputError
@@ -62,12 +63,19 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
     jsonl = directory / "metrics.jsonl"
     prog = cfg.progression
     spec = S.build_stage(cfg, ctx, stage, prev_params)
+    seeds = cfg.run.seeds
+    if seeds > 1:  # N seeds side by side in one program (keys: [N], one per seed; shared starting policy)
+        spec.trainer = batched(spec.trainer, seeds)
+        if spec.init_params is not None:
+            spec.init_params = jax.tree.map(lambda x: jax.numpy.broadcast_to(x, (seeds,) + jax.numpy.shape(x)),
+                                            spec.init_params)
     trainer = spec.trainer
     ckpt = StageCheckpointer(directory, keep=cfg.run.keep_checkpoints) if cfg.run.save_checkpoints else None
     es = early_stopping_for(cfg, ctx, stage, trainer.network)
     writer = None
     try:
-        _, k_stage = jax.random.split(key)  # the stream earlier versions drew (runs stay reproducible)
+        # the stream earlier versions drew (runs stay reproducible); with seeds, each seed's as --seed would
+        k_stage = jax.vmap(lambda k: jax.random.split(k)[1])(key) if seeds > 1 else jax.random.split(key)[1]
         state = jax.jit(lambda t, k, p: t.init(k, p))(trainer, k_stage, spec.init_params)
         target, done, lr_scale, extended, wall = spec.iterations, 0, 1.0, 0, 0.0
         meta: dict[str, Any] = {}
@@ -81,7 +89,9 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
                                  f"({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}); pass --overwrite to "
                                  f"retrain it, or use another --run_name")
             lr_scale = float(meta.get("lr_scale", 1.0))
-            template = {"params": trainer.params_of(state), "runner": state}
+            # A finished multi-seed stage stores its best seed as "params" (what tools load); until then, every seed.
+            template = {"params": unstack(trainer.params_of(state), 0) if seeds > 1 and meta.get("complete")
+                        else trainer.params_of(state), "runner": state}
             if (meta.get("early_stopping") or {}).get("best_iteration") is not None:
                 template["best_params"] = trainer.params_of(state)
             restored, meta = ckpt.restore(template, latest)
@@ -97,7 +107,12 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
                              stage, done)
                 record = dict(meta["record"])
                 record["resumed"] = "skipped (finished earlier)"
-                return {"record": record, "params": sharding.fetch(restored["params"]), "network": trainer.network}
+                every = sharding.fetch(restored["params"])  # host copies: judging runs on each process
+                if seeds > 1:  # the finished stage's checkpoint holds its best seed; every seed is in the runner
+                    stacked = sharding.fetch(trainer.params_of(state))
+                    return {"record": record, "params": every, "network": trainer.network,
+                            "seed_params": [unstack(stacked, i) for i in range(seeds)]}
+                return {"record": record, "params": every, "network": trainer.network, "seed_params": [every]}
             if es is not None and meta.get("early_stopping"):
                 es.restore(meta["early_stopping"], restored.get("best_params"))
             logging.info("%s %s: resuming from checkpoint at iteration %d of %d", symbol, stage, done, target)
@@ -143,9 +158,13 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
                 stopped = es.should_stop
                 if done % cfg.run.checkpoint_every == 0 and done < target and not stopped:
                     save(state, done)
-            last = sharding.fetch(trainer.params_of(state))  # host copies: judging runs on each process
-            params = last if es is None else es.kept(last)
-            validation, reasons, extras = S.judge(cfg, ctx, stage, trainer.network, params, done)
+            every = sharding.fetch(trainer.params_of(state))  # host copies: judging runs on each process
+            if es is not None:  # one seed (SequenceConfig refuses early stopping with --seeds N)
+                every = es.kept(every)
+            seed_params = [unstack(every, i) for i in range(seeds)] if seeds > 1 else [every]
+            validation, reasons, extras, seed_info = S.judge_seeds(cfg, ctx, stage, trainer.network, seed_params,
+                                                                   done)
+            params = seed_params[seed_info["best_seed_index"]]
             if stopped and reasons and prog.on_fail == "extend":
                 logging.info("%s %s: gate failed (%s); not extended: early stopping found no improvement", symbol,
                              stage, "; ".join(reasons))
@@ -169,7 +188,7 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
             "env_steps": int(done * trainer.env_steps_per_iteration), "validation_split": cfg.run.eval_split,
             "validation": validation, "gate": dataclasses.asdict(gate) if gate is not None else None,
             "gate_passed": not reasons, "gate_failures": reasons, "learning_rate_scale": lr_scale,
-            "checkpoint": str(directory), "settings": settings, **extras,
+            "checkpoint": str(directory), "settings": settings, **extras, **seed_info,
         }
         if es is not None:
             record["early_stopping"] = es.record(done, target, stopped)
@@ -178,7 +197,7 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
                                                         directory / "expert_regimes.png")
         save(state, done, True, record, params)
         S.log_result(symbol, stage, done, wall, validation, not reasons, reasons)
-        return {"record": record, "params": params, "network": trainer.network}
+        return {"record": record, "params": params, "network": trainer.network, "seed_params": seed_params}
     finally:
         if writer is not None:
             writer.close()
