@@ -1,4 +1,5 @@
-"""The error every raw-file reader raises: one line naming the file (and the row)."""
+"""The errors of the raw-data processor: a bad raw file (or row), and a symbol that cannot be processed. Each
+message is one line naming the file (and the row)."""
 
 from __future__ import annotations
 
@@ -15,3 +16,7 @@ class FileError(Exception):
         where = self.path if row is None else f"{self.path} row {row}"
         message = " ".join(str(message).splitlines())
         super().__init__(f"{where}: {message}")
+
+
+class SymbolError(Exception):
+    """One symbol cannot be processed; the message is one line naming the file (and row)."""

@@ -262,7 +262,8 @@ def _iso_to_utc(s: pa.Array, m: pa.StructArray, tz: str, path, rows, what: str, 
     try:
         naive = pc.cast(dt, pa.timestamp("ns"))
     except pa.ArrowInvalid:
-        i = first_failure(len(dt), lambda a, b: _fails(lambda: pc.cast(dt.slice(a, b - a), pa.timestamp("ns"))))
+        i = first_failure(len(dt), lambda a, b: arrow_fails(lambda: pc.cast(dt.slice(a, b - a),
+                                                                             pa.timestamp("ns"))))
         try:
             pc.cast(dt.slice(i, 1), pa.timestamp("s"))
             problem = f"is not in {YEARS[0]}-{YEARS[1] - 1}"
@@ -294,7 +295,8 @@ def _iso_to_utc(s: pa.Array, m: pa.StructArray, tz: str, path, rows, what: str, 
     return out
 
 
-def _fails(fn) -> bool:
+def arrow_fails(fn) -> bool:
+    """Whether `fn()` raises pyarrow's error for a value it cannot convert (error path: bisection)."""
     try:
         fn()
         return False

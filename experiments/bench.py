@@ -5,10 +5,18 @@
     python -m experiments.bench moe [same flags as ppo]
     python -m experiments.bench maml [--processed_data_dir DIR --symbol SYMBOL] [--repeats 3] [--iterations 3]
     python -m experiments.bench vmap [--stage ppo|moe|maml] [--batch 8] [--iterations 3] [--repeats 3]
+    python -m experiments.bench learn [--checks ppo,ppo_costs,moe,maml,flat] [--seed 0]
+    python -m experiments.bench all --out bench.json [--vs_sb3]     # the whole suite (experiments/bench_suite.py)
 
 `ppo`: end-to-end PPO training throughput (rollout + GAE + update), env steps per second, the median of
 `--repeats` timed runs of `--iterations` iterations each, compile time reported separately. Without
 `--processed_data_dir` it trains on a synthetic in-memory random-walk market (2-minute bars).
+
+`learn`: the learning checks of `tests/test_learning.py` on planted-edge markets (`data_tools.synth --market
+ar1 | vol_regime`), one JSON line per check with the figures the slow tests assert on: PPO against the optimal
+rule on AR(1) bars without and with NSE costs, the MoE against PPO of the experts' width on volatility
+regimes, MAML's adaptation to the sign of the edge, and PPO on a random walk with costs. The checks live in
+`tests/planted_edges.py` (run from a checkout); `--seed` reruns them on other markets and initialisations.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ import time
 import numpy as np
 from absl import app, flags
 
+from experiments import bench_suite
+from experiments.bench_programs import bench_env_params
 from jaxtrade import cli
 from jaxtrade.env import EnvConfig
 
@@ -36,11 +46,14 @@ flags.DEFINE_integer("iterations", 0, "iterations per timed run (0: per-config d
 flags.DEFINE_integer("num_envs", 0, "override num_envs of every config (0: keep)")
 flags.DEFINE_string("stage", "ppo", "vmap: the stage whose learning rate is swept (ppo, moe, maml)")
 flags.DEFINE_integer("batch", 8, "vmap: learning rates in the vmapped batch")
+flags.DEFINE_list("checks", ["ppo", "ppo_costs", "moe", "maml", "flat"], "learn: the checks to run")
+flags.DEFINE_integer("seed", 0, "learn: seed of the markets and the training")
 
-COMMANDS = ("env", "ppo", "maml", "moe", "vmap")
+COMMANDS = ("env", "ppo", "maml", "moe", "vmap", "learn", "all")
 
 # The market rules every training bench runs under (the training defaults: NSE futures costs, 1 tick of
-# slippage, one-session episodes), built into EnvParams by `env.env_params` like every other consumer's.
+# slippage, one-session episodes), built into EnvParams by `env.env_params` (`bench_programs.bench_env_params`)
+# like every other consumer's.
 BENCH_ENV = EnvConfig()
 
 
@@ -110,13 +123,6 @@ def _bench_market(tmp: str):
         return symbol, market_for(BENCH_ENV, FLAGS.processed_data_dir, symbol)
     symbol = _synthetic_market_dir(tmp)
     return symbol, market_for(BENCH_ENV, tmp, symbol)
-
-
-def bench_env_params(market, config=None):
-    """The training split's EnvParams under `config` (default `BENCH_ENV`), through `env.env_params`."""
-    from jaxtrade.env import env_params
-
-    return env_params(config or BENCH_ENV, market, "train")
 
 
 def _training_bench_setup(tmp: str):
@@ -341,13 +347,48 @@ def bench_vmap(argv) -> None:
             "jax": jax.__version__}), flush=True)
 
 
+def bench_learn(argv) -> None:
+    """One JSON line per learning check (`tests/planted_edges.py`), figures as the slow tests print them."""
+    import resource
+    from pathlib import Path
+
+    import jax
+
+    repo = str(Path(__file__).resolve().parents[1])
+    if repo not in sys.path:
+        sys.path.insert(0, repo)
+    try:
+        from tests import planted_edges as PE
+    except ImportError as e:
+        raise cli.InputError(f"learn: the checks live in tests/planted_edges.py of a jaxtrade checkout ({e})")
+    checks = {"ppo": lambda d: PE.ppo_finds_edge(d, costs=False, seed=FLAGS.seed),
+              "ppo_costs": lambda d: PE.ppo_finds_edge(d, costs=True, seed=FLAGS.seed),
+              "moe": lambda d: PE.moe_specialises(d, seed=FLAGS.seed),
+              "maml": lambda d: PE.maml_adapts(d, seed=FLAGS.seed),
+              "flat": lambda d: PE.flat_market_teaches_nothing(d, seed=FLAGS.seed)}
+    unknown = [c for c in FLAGS.checks if c not in checks]
+    if unknown:
+        raise cli.InputError(f"--checks: unknown {', '.join(unknown)} (choose from {', '.join(checks)})")
+    device = jax.devices()[0]
+    for name in FLAGS.checks:
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        with tempfile.TemporaryDirectory() as tmp:
+            figures = checks[name](tmp)
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+        print(json.dumps({"bench": "learn", **figures, "seed": FLAGS.seed, "cpu_s": round(cpu, 1),
+                          "device": f"{device.platform}:{device.device_kind}", "cpus": os.cpu_count(),
+                          "load_avg_1m": round(os.getloadavg()[0], 2), "jax": jax.__version__}), flush=True)
+
+
 def main(argv) -> None:
     if len(argv) < 2 or argv[1] not in COMMANDS:
         cli.die(f"usage: python -m experiments.bench {{{'|'.join(COMMANDS)}}} [flags]")
     if len(argv) > 2:
         cli.die(f"unexpected positional arguments: {' '.join(argv[2:])}")
     try:
-        {"env": bench_env, "ppo": bench_ppo, "maml": bench_maml, "moe": bench_moe, "vmap": bench_vmap}[argv[1]](argv)
+        {"env": bench_env, "ppo": bench_ppo, "maml": bench_maml, "moe": bench_moe, "vmap": bench_vmap,
+         "learn": bench_learn, "all": lambda a: bench_suite.bench_all(a, _ppo_configs())}[argv[1]](argv)
     except cli.InputError as e:
         cli.die(str(e))
 

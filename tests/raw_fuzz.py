@@ -13,10 +13,12 @@ import contextlib
 import csv
 import functools
 import io
+import json
 import logging
 import re
 import warnings
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -24,6 +26,7 @@ import pyarrow.parquet as pq
 from absl import flags
 
 from data_tools import process
+from data_tools.readers import FileError, read_file
 from jaxtrade import cli
 
 NS = 10**9
@@ -33,7 +36,8 @@ OPEN_MIN, CLOSE_MIN = 9 * 60 + 15, 15 * 60 + 30
 OUTPUT_TYPES = [("timestamp", pa.timestamp("ns", tz="Asia/Kolkata"))] + [
     (c, pa.float64()) for c in ("open", "high", "low", "close", "volume")] + [("session", pa.int32())]
 METADATA_KEYS = ("symbol", "bar_minutes", "source", "rows_in", "rows_out")
-STALE = b"stale processed file from an earlier run"
+STALE = b"stale processed file from an earlier run"    # not Parquet: it tells nothing of where it came from
+STALE_KINDS = ("bytes", "metadata")
 
 
 # ------------------------------------------------------------------------------------------ the command
@@ -93,6 +97,20 @@ def check_processed(path: Path) -> pa.Table:
     return t
 
 
+def write_stale(path: Path, symbol: str, raw_name: str) -> None:
+    """A processed file that an earlier run wrote for `symbol` from the raw file `raw_name`, as its metadata
+    says (the keys data_tools.process writes), marked as this fixture."""
+    table = pa.table({name: pa.array([], type) for name, type in OUTPUT_TYPES})
+    meta = {"symbol": symbol, "raw_symbol": symbol, "source": raw_name, "source_names": json.dumps([raw_name]),
+            "created_by": "data_tools.process", "fixture": "stale"}
+    pq.write_table(table.replace_schema_metadata(meta), path)
+
+
+def is_stale(path: Path) -> bool:
+    data = path.read_bytes()
+    return data == STALE or (pq.read_schema(io.BytesIO(data)).metadata or {}).get(b"fixture") == b"stale"
+
+
 def processed_bars(t: pa.Table) -> list[tuple]:
     cols = [t["timestamp"].cast(pa.int64()).to_pylist()] + [t[n].to_pylist() for n in
                                                             ("open", "high", "low", "close", "volume")]
@@ -117,9 +135,10 @@ def _holds_symbol(data: bytes, symbol: str) -> bool:
     return bool(vendor) and any(line.split(delim, 1)[0].strip(' "') == symbol for line in lines)
 
 
-def run_mutant(m, tmp: Path, companion: bytes = b"") -> tuple[int, str, str]:
+def run_mutant(m, tmp: Path, companion: bytes = b"", stale: str = "bytes") -> tuple[int, str, str]:
     """Write mutant `m` (and, when given, a valid `GOOD.csv` beside it) into `tmp/raw`, stale processed files
-    for its symbols into `tmp/processed`, run the command, and check the outcome. Returns what it printed."""
+    for its symbols into `tmp/processed` (`stale`: "bytes", not Parquet, or "metadata", naming `m` as their raw
+    file), run the command, and check the outcome. Returns what it printed."""
     raw, proc = tmp / "raw", tmp / "processed"
     raw.mkdir(parents=True)
     proc.mkdir()
@@ -127,20 +146,39 @@ def run_mutant(m, tmp: Path, companion: bytes = b"") -> tuple[int, str, str]:
     if companion:
         (raw / "GOOD.csv").write_bytes(companion)
     for s in m.symbols:
-        (proc / f"{s}.parquet").write_bytes(STALE)
+        if stale == "metadata":
+            write_stale(proc / f"{s}.parquet", s, m.name)
+        else:
+            (proc / f"{s}.parquet").write_bytes(STALE)
     status, out, err = run_command(raw, proc)
     check_outcome(m, raw, proc, status, out, err, bool(companion))
     return status, out, err
+
+
+def _symbols_read(path: Path) -> Optional[set]:
+    """The symbols the raw file holds as the reader reads it, or None when it fails as a whole."""
+    try:
+        chunk = read_file(path, str(path), "Asia/Kolkata")
+    except FileError:
+        return None
+    return {path.stem} if chunk.symbols is None else set(chunk.symbols.astype(str))
 
 
 def check_outcome(m, raw: Path, proc: Path, status: int, out: str, err: str, companion: bool) -> None:
     where = f"exit {status}; stderr {err!r}; stdout {out!r}"
     assert status in (0, 2), where
     assert "Traceback" not in err and "Traceback" not in out, where
-    written = {p.stem: p for p in proc.glob("*.parquet") if p.read_bytes() != STALE}
+    written = {p.stem: p for p in proc.glob("*.parquet") if not is_stale(p)}
     for p in written.values():
         check_processed(p)
     assert not [p for p in proc.iterdir() if p.name.startswith(".")], "a temporary file was left behind"
+    # A stale file that names the mutant as its source survives only for a symbol the mutant, read without
+    # error, no longer holds (a file that fails as a whole fails every symbol earlier runs wrote from it).
+    for s in m.symbols:
+        stale = proc / f"{s}.parquet"
+        if stale.exists() and stale.read_bytes() != STALE and is_stale(stale):
+            held = _symbols_read(raw / m.name)
+            assert held is not None and s not in held, f"stale {s}.parquet survived; {where}"
     if companion:
         assert "GOOD" in written and "GOOD" not in err, where
     mutant_written = {s: p for s, p in written.items() if s != "GOOD"}
@@ -168,7 +206,7 @@ def check_outcome(m, raw: Path, proc: Path, status: int, out: str, err: str, com
     elif m.layout == "vendor":
         for s in m.symbols:
             stale = proc / f"{s}.parquet"
-            assert not (stale.exists() and stale.read_bytes() == STALE and _holds_symbol(m.data, s)), where
+            assert not (stale.exists() and is_stale(stale) and _holds_symbol(m.data, s)), where
     assert m.expected is None, f"a file whose meaning was kept failed; {where}"
     if m.blame is not None:
         assert len(lines) == 1 and f" row {m.blame}:" in lines[0], f"line {m.blame} should be named; {where}"

@@ -15,6 +15,15 @@ from tests.raw_layouts import LAYOUTS, NS, ParquetFile, TextFile
 from tests.raw_tokens import FIELD_TEXT, NUMBER_BAD, WRONG_TYPES, Mutator, apply_bytes, iso_bad, iso_odd, tokens
 
 
+def _is_wall_clock(text: str) -> bool:
+    """Whether `text` is a real `YYYY-MM-DD HH:MM:SS` time (an earlier mutation may have made it month 13)."""
+    try:
+        np.datetime64(text.replace(" ", "T"))
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass
 class Mutant:
     name: str                    # file name in the raw directory
@@ -38,8 +47,10 @@ class TextMutator(Mutator):
     """Draws mutations of a `TextFile`."""
 
     # -- helpers
-    def _data_rows(self) -> list[int]:
-        return [i for i, r in enumerate(self.f.rows) if isinstance(r, list)]
+    def _data_rows(self, reaching: int = 0) -> list[int]:
+        """Indices of the data rows that have a field at position `reaching` (earlier mutations may have
+        deleted fields of some rows)."""
+        return [i for i, r in enumerate(self.f.rows) if isinstance(r, list) and len(r) > reaching]
 
     @property
     def has_header(self) -> bool:
@@ -67,12 +78,12 @@ class TextMutator(Mutator):
         self._note(f"line {line} {role} field -> {tok!r}", blame=line if which == "bad" else None)
 
     def set_float(self):
-        rows = self._data_rows()
+        prices = [k for k, role in enumerate(self.f.roles) if role in ("open", "high", "low", "close", "volume")]
+        k = self.draw(st.sampled_from(prices))
+        rows = self._data_rows(reaching=k)
         if not rows:
             return self._note("no data row to change")
         r = self.draw(st.sampled_from(rows))
-        prices = [k for k, role in enumerate(self.f.roles) if role in ("open", "high", "low", "close", "volume")]
-        k = self.draw(st.sampled_from(prices))
         x = self.draw(st.floats(allow_nan=True, allow_infinity=True))
         self.f.rows[r][k] = repr(x)
         self._note(f"line {self.f.line_of(r)} {self.f.roles[k]} -> {x!r}")
@@ -81,7 +92,7 @@ class TextMutator(Mutator):
         """Rewrite the timestamps of some rows in another zone: the same instant (meaning kept) or the same
         wall clock with another offset."""
         k = self.f.roles.index("datetime") if "datetime" in self.f.roles else None
-        rows = self._data_rows()
+        rows = self._data_rows(reaching=k or 0)
         if k is None or not rows or self.f.rows[rows[0]][k].lstrip("-").isdigit():
             return self.mixed_epoch_units()
         chosen = self.draw(st.sets(st.sampled_from(rows), min_size=1))
@@ -90,7 +101,7 @@ class TextMutator(Mutator):
         offsets = {"+05:30": 330, "+00:00": 0, "": 330}
         for r in chosen:
             s = self.f.rows[r][k]
-            if len(s) < 19 or s[4] != "-" or s[19:] not in offsets:
+            if len(s) < 19 or s[4] != "-" or s[19:] not in offsets or not _is_wall_clock(s[:19]):
                 return self._note("timestamps changed before: zone left alone")
         for r in chosen:
             s = self.f.rows[r][k]
@@ -104,7 +115,7 @@ class TextMutator(Mutator):
 
     def mixed_epoch_units(self):
         k = self.f.roles.index("datetime") if "datetime" in self.f.roles else None
-        rows = self._data_rows()
+        rows = self._data_rows(reaching=k or 0)
         if k is None or not rows or not self.f.rows[rows[0]][k].isdigit():
             return self.set_field()
         everything = self.draw(st.booleans())

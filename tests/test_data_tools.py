@@ -513,6 +513,92 @@ def test_bad_vendor_file_fails_its_symbols(tmp_path):
     assert (proc / "GOOD.parquet").exists()
 
 
+UNRECOGNISABLE = "export failed, please retry\n" * 3     # no header, and no line in the vendor layout
+
+
+@pytest.mark.parametrize("kw,outputs", [
+    ({}, ["NIFTY", "BANKNIFTY"]),
+    ({"bar_minutes": 10}, ["NIFTY_10", "BANKNIFTY_10"]),
+    ({"symbols": ["NIFTY"]}, ["NIFTY"]),
+])
+def test_unrecognisable_vendor_file_fails_what_earlier_runs_wrote_from_it(tmp_path, kw, outputs):
+    """A vendor file broken beyond telling its layout names no symbol; the processed files of the earlier run
+    (metadata `source_names`) say which it held. Before: the failure went to the file's stem, and NIFTY and
+    BANKNIFTY were written again from the other files without it (with --symbols NIFTY the file was skipped
+    as "2024 NOV NIFTY" and the run exited 0)."""
+    raw, proc = tmp_path / "raw", tmp_path / "processed"
+    write_vendor(raw)
+    write(raw / "GOOD.csv", GOOD)
+    res, _, err = process(tmp_path, **kw)
+    assert res.ok, err
+    for name in outputs:
+        assert "2024 NOV NIFTY.txt" in read_processed_metadata(proc / f"{name}.parquet")["source_names"]
+    write(raw / "2024 NOV NIFTY.txt", UNRECOGNISABLE)
+    res, out, err = process(tmp_path, **kw)
+    assert err.splitlines() == [f"error: {raw / '2024 NOV NIFTY.txt'}: no header line, and the first lines are "
+                                f"not the vendor layout SYMBOL,YYYYMMDD,HH:MM,OPEN,HIGH,LOW,CLOSE,VOLUME,OI"]
+    assert sorted(sym for sym, _ in res.failures) == sorted(kw.get("symbols", ["BANKNIFTY", "NIFTY"]))
+    for name in outputs:
+        assert not (proc / f"{name}.parquet").exists(), name
+    written = sorted(p.name for p in proc.iterdir())
+    assert written == ([] if "symbols" in kw else ["GOOD_10.parquet" if kw else "GOOD.parquet"]), written
+
+
+def test_processed_files_from_before_source_names_are_matched_by_source(tmp_path):
+    """A processed file written before `source_names` existed names its raw files in `source` only."""
+    raw, proc = tmp_path / "raw", tmp_path / "processed"
+    write_vendor(raw)
+    assert process(tmp_path)[0].ok
+    path = proc / "BANKNIFTY.parquet"
+    table = pq.read_table(path)
+    meta = {k: v for k, v in table.schema.metadata.items() if k != b"source_names"}
+    assert meta[b"source"] == b"2024 NOV NIFTY.txt, 2024 JAN BNF.txt"
+    pq.write_table(table.replace_schema_metadata(meta), path)
+    write(raw / "2024 NOV NIFTY.txt", UNRECOGNISABLE)
+    res, _, _ = process(tmp_path)
+    assert sorted(sym for sym, _ in res.failures) == ["BANKNIFTY", "NIFTY"]
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("meta,names", [
+    ({"source_names": '["2024 JAN NIFTY.txt", "a, b.csv"]', "source": "ignored"}, ["2024 JAN NIFTY.txt", "a, b.csv"]),
+    ({"source": "2024 JAN NIFTY.txt, 2024 FEB NIFTY.txt"}, ["2024 JAN NIFTY.txt", "2024 FEB NIFTY.txt"]),
+    ({"source": "25 files (2021 JAN BNF.txt, 2021 FEB BNF.txt, ..., 2023 JAN BNF.txt)"},
+     ["2021 JAN BNF.txt", "2021 FEB BNF.txt", "2023 JAN BNF.txt"]),
+])
+def test_source_names_from_metadata(meta, names):
+    from data_tools.output import source_names
+    assert source_names(meta) == names
+
+
+def test_processed_file_is_replaced_atomically(tmp_path, monkeypatch):
+    """A crash while writing leaves the earlier processed file as it was and nothing that looks complete: the
+    bytes go to a hidden temporary file in the same folder (not `*.parquet`), renamed over the output only when
+    complete."""
+    write(tmp_path / "raw" / "GOOD.csv", GOOD)
+    assert process(tmp_path)[0].ok
+    proc = tmp_path / "processed"
+    before = (proc / "GOOD.parquet").read_bytes()
+    temporary = []
+
+    def crash(table, where, **kwargs):        # `where`: a path or an open file
+        if isinstance(where, (str, os.PathLike)):
+            temporary.append(Path(where))
+            temporary[-1].write_bytes(before[: len(before) // 2])
+        else:
+            temporary.append(Path(where.name))
+            where.write(before[: len(before) // 2])
+        raise KeyboardInterrupt               # the process is stopped half way through the file
+
+    monkeypatch.setattr(pq, "write_table", crash)
+    with pytest.raises(KeyboardInterrupt):
+        process(tmp_path)
+    [tmp] = temporary
+    assert tmp.parent == proc and tmp.name.startswith(".") and not tmp.match("*.parquet")
+    assert sorted(p.name for p in proc.iterdir()) == ["GOOD.parquet"]
+    assert (proc / "GOOD.parquet").read_bytes() == before
+
+
 def test_unknown_symbol_cli(tmp_path):
     bad_case(tmp_path, "OTHER.csv", GOOD)
     p = run_proc(tmp_path, "--symbols", "GOOD", "NOPE")

@@ -97,9 +97,9 @@ def run_backtest(config, d):
 
 
 def bench(config, d):
-    from experiments import bench as cmd
+    from experiments import bench_programs
 
-    return cmd.bench_env_params(E.market_for(config, d, SYMBOL), config)
+    return bench_programs.bench_env_params(E.market_for(config, d, SYMBOL), config)
 
 
 CONSUMERS = {"training": training, "gates": gates, "report": report, "maml_heldout_tasks": maml_heldout_tasks,

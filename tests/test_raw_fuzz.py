@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.raw_fuzz import run_command, run_mutant
+from tests.raw_fuzz import STALE_KINDS, run_command, run_mutant
 from tests.raw_layouts import PANDAS, SEED, VENDOR
 from tests.raw_mutations import WRONG_TYPES, mutants
 
@@ -36,22 +36,22 @@ LONG = settings(FAST, max_examples=10 * FAST_EXAMPLES)
 GOOD = SEED.replace(b"1736480", b"1736740")        # a valid file of another symbol (GOOD), three days later
 
 
-def _fuzz(m, companion: bool) -> None:
+def _fuzz(m, companion: bool, stale: str) -> None:
     with tempfile.TemporaryDirectory() as d:
-        run_mutant(m, Path(d), GOOD if companion else b"")
+        run_mutant(m, Path(d), GOOD if companion else b"", stale)
 
 
 @FAST
-@given(m=mutants(), companion=st.booleans())
-def test_raw_files_fuzz(m, companion):
-    _fuzz(m, companion)
+@given(m=mutants(), companion=st.booleans(), stale=st.sampled_from(STALE_KINDS))
+def test_raw_files_fuzz(m, companion, stale):
+    _fuzz(m, companion, stale)
 
 
 @pytest.mark.slow
 @LONG
-@given(m=mutants(), companion=st.booleans())
-def test_raw_files_fuzz_long(m, companion):
-    _fuzz(m, companion)
+@given(m=mutants(), companion=st.booleans(), stale=st.sampled_from(STALE_KINDS))
+def test_raw_files_fuzz_long(m, companion, stale):
+    _fuzz(m, companion, stale)
 
 
 # ----------------------------------------------------------------------- in-process run vs the command
