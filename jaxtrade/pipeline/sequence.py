@@ -20,9 +20,9 @@ from absl import logging
 
 from jaxtrade import data as D, env as E, export
 from jaxtrade.config import SequenceConfig
-from jaxtrade.errors import GateFailure, InputError
+from jaxtrade.errors import GateFailure, InputError, StopRequested
 from jaxtrade.jsonio import write_json_atomic
-from jaxtrade.pipeline import final, reporting
+from jaxtrade.pipeline import final, preemption, reporting
 from jaxtrade.pipeline.context import SymbolContext
 from jaxtrade.pipeline.stages import STAGE_FILES
 from jaxtrade.pipeline.train_stage import run_stage
@@ -58,7 +58,13 @@ def resolve_symbols(cfg: SequenceConfig, out=sys.stdout) -> list[str]:
 
 
 def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
-    """Run the configured stages for every symbol, then the test-split report. Returns the exit code."""
+    """Run the configured stages for every symbol, then the test-split report. Returns the exit code. SIGTERM
+    and SIGINT stop training at the next checkpointable boundary (`preemption`; raises `StopRequested`)."""
+    with preemption.stop_on_signals():
+        return _run_sequence(cfg, out)
+
+
+def _run_sequence(cfg: SequenceConfig, out) -> int:
     t_start = time.perf_counter()
     symbols = resolve_symbols(cfg, out=out)
     # torch is an optional extra: without it the run trains, checkpoints (Orbax) and reports, and says that the
@@ -95,6 +101,10 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
         stage_models[symbol] = {}
         sym_key = jax.random.fold_in(key, i)
         for j, stage in enumerate(cfg.run.stages):
+            if preemption.requested():  # between stages: everything finished so far is saved
+                raise StopRequested(message=f"{symbol}: stopped by {preemption.signal_name()} before the {stage} "
+                                    f"stage; finished stages are saved; run the same command again to resume",
+                                    signum=preemption.signal_number())
             result = run_stage(cfg, ctx, stage, prev, jax.random.fold_in(sym_key, j))
             rec = result["record"]
             records[stage] = rec

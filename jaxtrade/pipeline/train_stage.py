@@ -21,9 +21,10 @@ from absl import logging
 from jaxtrade.agents.base import Runner
 from jaxtrade.checkpoints import StageCheckpointer
 from jaxtrade.config import SequenceConfig
-from jaxtrade.errors import InputError
+from jaxtrade import atomic
+from jaxtrade.errors import InputError, NumericalFault, StopRequested
 from jaxtrade.export import network_config
-from jaxtrade.pipeline import stages as S
+from jaxtrade.pipeline import preemption, stages as S
 from jaxtrade.pipeline.context import SymbolContext
 from jaxtrade.pipeline.progress import StageLogger
 
@@ -47,17 +48,21 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
         state = jax.jit(lambda t, k, p: t.init(k, p))(trainer, k_stage, spec.init_params)
         target, done, lr_scale, extended, wall = spec.iterations, 0, 1.0, 0, 0.0
         meta: dict[str, Any] = {}
-        latest = ckpt.latest_step() if ckpt else None
         settings = S.stage_settings(cfg, stage)
-        if latest is not None:
-            meta = ckpt.restore_meta(latest)
+
+        def same_settings(meta):
             if meta.get("settings") is not None and meta["settings"] != settings:
                 diffs = S.settings_diff(meta["settings"], settings)
                 raise InputError(f"{symbol} {stage}: {directory} was trained with other settings "
                                  f"({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}); pass --overwrite to "
                                  f"retrain it, or use another --run_name")
+
+        # The newest checkpoint that reads back whole (an unreadable one is set aside with a warning naming it).
+        found = ckpt.restore_latest({"params": trainer.params_of(state), "runner": state}, same_settings) \
+            if ckpt else None
+        if found is not None:
+            _, restored, meta = found
             lr_scale = float(meta.get("lr_scale", 1.0))
-            restored, meta = ckpt.restore({"params": trainer.params_of(state), "runner": state}, latest)
             state = restored["runner"]
             done, target = int(meta["iteration"]), int(meta["target_iterations"])
             extended, wall = int(meta.get("extended", 0)), float(meta.get("wall_s", 0.0))
@@ -72,6 +77,8 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
                 record["resumed"] = "skipped (finished earlier)"
                 return {"record": record, "params": trainer.params_of(state), "network": trainer.network}
             logging.info("%s %s: resuming from checkpoint at iteration %d of %d", symbol, stage, done, target)
+            if jsonl.exists():  # lines a killed run logged after its last checkpoint are logged again
+                atomic.rewrite_jsonl(jsonl, [r for r in atomic.read_jsonl(jsonl) if r.get("iteration", 0) <= done])
         elif not cfg.run.overwrite and jsonl.exists():
             jsonl.unlink()  # a stale log from a run that never checkpointed
         planned = int(meta.get("planned_iterations", spec.iterations)) if meta else spec.iterations
@@ -91,8 +98,11 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
 
         trainer = spec.with_lr_scale(lr_scale)
         while True:
-            state, _ = runner(trainer, state, target - done, chunk=cfg.run.checkpoint_every, done=done,
-                              on_chunk=lambda s, n: save(s, n))
+            try:
+                state, _ = runner(trainer, state, target - done, chunk=cfg.run.checkpoint_every, done=done,
+                                  on_chunk=lambda s, n: save(s, n), should_stop=preemption.requested)
+            except (NumericalFault, StopRequested) as e:
+                raise _stopped(e, symbol, stage, directory, ckpt) from None
             done = target
             params = trainer.params_of(state)
             validation, reasons, extras = S.judge(cfg, ctx, stage, trainer.network, params, done)
@@ -127,3 +137,22 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
     finally:
         if ckpt is not None:
             ckpt.close()
+
+
+def _stopped(e: Exception, symbol: str, stage: str, directory, ckpt) -> Exception:
+    """The one line a stopped stage ends the command with: a numerical fault (the last good checkpoint is kept;
+    nothing after it is saved) or a stop request (its checkpoint was just written)."""
+    if ckpt is not None:
+        ckpt.wait()
+    latest = ckpt.latest_step() if ckpt is not None else None
+    kept = f"the last good checkpoint ({directory}, iteration {latest}) is kept" if latest is not None else \
+        "no checkpoint was written"
+    if isinstance(e, NumericalFault):
+        return NumericalFault(e.iteration, e.what, message=(
+            f"{symbol} {stage}: non-finite {e.what} at iteration {e.iteration}; training stopped, {kept}, and no "
+            f"model or summary entry was written for this stage (a lower learning rate usually helps)"))
+    where = f"checkpoint saved at iteration {latest} in {directory}" if latest is not None else \
+        "no checkpoint (--save_checkpoints=false)"
+    return StopRequested(e.iteration, signum=preemption.signal_number(), message=(
+        f"{symbol} {stage}: stopped by {preemption.signal_name()} at iteration {e.iteration}; {where}; run the same "
+        f"command again to resume"))
