@@ -34,8 +34,6 @@ Loading a model as a policy (a `.pth` or an Orbax stage directory) is `jaxtrade.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -43,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtrade import networks as N
+from jaxtrade import atomic, networks as N
 from jaxtrade.errors import InputError
 from jaxtrade.jsonio import to_json
 
@@ -270,7 +268,7 @@ def infer_obs_dim(params) -> int:
 def export_pth(path, params, network, *, symbol: str, stage: str, obs_names, scaler=None, metrics=None,
                extra=None, env_config=None) -> Path:
     """Write `params` of `network` (an `ActorCritic` or `MoEActorCritic`) as a jaxtrade `.pth` file, atomically
-    (a temporary file in the same directory, then `os.replace`). `scaler`: a `features.Scaler` or its dict;
+    (`jaxtrade.atomic`: a temporary file in the same directory, then renamed). `scaler`: a `features.Scaler` or its dict;
     `metrics`, `extra`: dicts of plain values (numpy / JAX scalars and arrays are converted); `env_config`: the
     market rules it trained under (`EnvConfig.to_dict()`), which backtests and adaptation default to. Returns
     the path."""
@@ -299,20 +297,7 @@ def export_pth(path, params, network, *, symbol: str, stage: str, obs_names, sca
     }
     sd = state_dict_from_params(params, network)
     payload = {"state_dict": {k: torch.from_numpy(v.copy()) for k, v in sd.items()}, "config": config}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic.torch_save(payload, path)
     return path
 
 

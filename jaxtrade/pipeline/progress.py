@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from absl import logging
 
+from jaxtrade import atomic
+
 # (metric, label, format) shown when a stage reports it, in this order after the common part.
 _FIELDS = (("policy_loss", "pi", "+.4f"), ("value_loss", "v", ".4f"), ("entropy", "ent", ".3f"),
            ("approx_kl", "kl", ".4f"), ("query_return_pre", "query pre", "+.5f"),
@@ -43,9 +45,9 @@ class StageLogger:
         m["steps_per_s"] = rate
         m["wall_s"] = now - self._start
         if self.jsonl_path is not None:
-            with open(self.jsonl_path, "a") as f:
-                f.write(json.dumps({**{k: (v if math.isfinite(v) else None) for k, v in m.items()},
-                                    "symbol": self.symbol, "stage": self.stage}) + "\n")
+            atomic.append_line(self.jsonl_path, json.dumps({**{k: (v if math.isfinite(v) else None)
+                                                               for k, v in m.items()},
+                                                            "symbol": self.symbol, "stage": self.stage}))
         line = self.line(m)
         it = int(m.get("iteration", 0))
         if self.tty:

@@ -3,10 +3,9 @@ report split under the run's market rules, the seed guide's targets, and the MoE
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from jaxtrade import gates as G, policies, report
+from jaxtrade import atomic, gates as G, policies, report
 from jaxtrade.config import SequenceConfig
 from jaxtrade.evaluation import regimes
 from jaxtrade.pipeline.stages import expert_regimes, fmt
@@ -46,10 +45,7 @@ def write_report(cfg: SequenceConfig, contexts, stage_models, final_models, out)
     if regime_sections:
         text += "\n" + "\n\n".join(regime_sections) + "\n"
     path = Path(cfg.run.report_file) if cfg.run.report_file else out_dir / f"{cfg.run.run_name}_report.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
     out.write(text)
     return path
 
