@@ -33,6 +33,7 @@ Loading a model as a policy (a `.pth` or an Orbax stage directory) is `jaxtrade.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
 from typing import Any, Mapping
@@ -312,9 +313,12 @@ def _validate(obj, where: str) -> tuple[dict, dict]:
         raise InputError(f"{where}: not a jaxtrade .pth file (config format is {config.get('format')!r}, "
                          f"expected {FORMAT!r})")
     version = config.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise InputError(f"{where}: .pth format version {version!r} is newer than this jaxtrade reads "
                          f"({FORMAT_VERSION}); upgrade jaxtrade")
+    if type(version) is not int or not 1 <= version <= FORMAT_VERSION:
+        raise InputError(f"{where}: unknown .pth format version {version!r} (this jaxtrade reads versions 1 to "
+                         f"{FORMAT_VERSION})")
     if not isinstance(config.get("network"), Mapping):
         raise InputError(f"{where}: jaxtrade .pth config has no 'network' entry")
     return dict(obj["state_dict"]), config
@@ -355,10 +359,22 @@ def params_from_pth(path) -> tuple[dict, Any, dict]:
     """Rebuild the JAX side of a `.pth`: (flax variables `{"params": ...}` as jnp arrays, flax module, config).
     `network.apply(variables, obs)` then gives `(logits, value)` as the exported policy did."""
     sd, config = load_pth(path)
-    network = network_from_config(config)
-    params = params_from_state_dict(sd, config)
-    check_params(params, network, obs_dim_of(config))
+    with naming_file(path):
+        network = network_from_config(config)
+        params = params_from_state_dict(sd, config)
+        check_params(params, network, obs_dim_of(config))
     return jax.tree.map(jnp.asarray, params), network, config
+
+
+@contextlib.contextmanager
+def naming_file(path):
+    """An `InputError` raised inside names `path` (a model that does not fit says which file)."""
+    try:
+        yield
+    except InputError as e:
+        if str(path) in str(e):
+            raise
+        raise InputError(f"{path}: {e}") from None
 
 
 def obs_dim_of(config: Mapping) -> int:
