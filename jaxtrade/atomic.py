@@ -74,6 +74,22 @@ def replacing(path) -> Iterator[Path]:
     _fsync_dir(path.parent)
 
 
+def writable_directory(path, flag: str) -> Path:
+    """`path` as a directory the run can write into (created when missing), else an InputError naming `flag`:
+    checked when a command starts, not after hours of training."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{flag}: {path} is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = temporary_name(path / "write-check")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise InputError(f"{flag}: cannot write into {path} ({e.strerror or e})") from None
+    return path
+
+
 def write_bytes(path, data: bytes) -> Path:
     with replacing(path) as tmp:
         tmp.write_bytes(data)

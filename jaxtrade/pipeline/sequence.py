@@ -18,7 +18,7 @@ from typing import Any
 import jax
 from absl import logging
 
-from jaxtrade import data as D, env as E, export
+from jaxtrade import atomic, data as D, env as E, export
 from jaxtrade.config import SequenceConfig
 from jaxtrade.errors import GateFailure, InputError, StopRequested
 from jaxtrade.jsonio import write_json_atomic
@@ -66,6 +66,9 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout) -> int:
 
 def _run_sequence(cfg: SequenceConfig, out) -> int:
     t_start = time.perf_counter()
+    atomic.writable_directory(cfg.run.checkpoint_dir, "--checkpoint_dir")
+    if cfg.run.generate_reports:
+        atomic.writable_directory(cfg.run.output_dir, "--output_dir")
     symbols = resolve_symbols(cfg, out=out)
     # torch is an optional extra: without it the run trains, checkpoints (Orbax) and reports, and says that the
     # PyTorch exports were skipped instead of failing after the first stage.
