@@ -69,7 +69,11 @@ def main(argv, flag_values=None) -> int:
     return 0 if result.ok else 2
 
 
-if __name__ == "__main__":
+def run_main(argv=None) -> None:
     from jaxtrade.cli import run
     define_flags()
-    run(main, list_flags=LIST_FLAGS)
+    run(main, argv, list_flags=LIST_FLAGS)
+
+
+if __name__ == "__main__":
+    run_main()

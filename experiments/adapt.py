@@ -7,8 +7,9 @@ step; its meta's "network" entry rebuilds the network), read by the one model lo
 It adapts and compares under the market rules the model trained with (the `EnvConfig` its file records); a
 market-rule flag given on the command line overrides one of them and says so. Support data: the symbol's most recent
 `--support_sessions` sessions of the training split (0: the whole training split), i.e. the sessions just
-before validation. `--steps` inner SGD steps (default: MAMLConfig.inner_loop_steps) on the PPO-style inner loss
-of support rollouts collected once with the given model (`jaxtrade.agents.maml.adapt_on_support`, the inner loop of training).
+before validation. `--steps` inner SGD steps (default: the MAML stage's `inner_loop_steps`, 7) on the PPO-style
+inner loss of support rollouts collected once with the given model (`jaxtrade.agents.maml.adapt_on_support`, the
+inner loop of training).
 Writes an Orbax checkpoint (`{output_dir}/orbax`, meta with "network") and `{output_dir}/{symbol}_adapted.pth`
 (default output directory `checkpoints/adapted/{symbol}`), and prints the validation-split backtest metrics
 (float64 money) before and after adaptation side by side.
@@ -21,7 +22,9 @@ from pathlib import Path
 from absl import flags
 
 from jaxtrade import cli
+from jaxtrade.data import SPLITS
 from jaxtrade.env import EnvConfig
+from jaxtrade.flag_help import field_docs, flag_definition, sentence
 
 FLAGS = flags.FLAGS
 # The market-rule flags: every EnvConfig field, under its own name (--cost_model, --slippage_ticks, ...).
@@ -37,35 +40,29 @@ def flag_of(field: str) -> str:
 
 def define_flags() -> None:
     """This command's flags (idempotent: other commands' flags of the same name are left as they are)."""
-    def define(fn, name, default, help_text):
+    def define(fn, name, *args):
         if name not in FLAGS:
-            fn(name, default, help_text)
+            fn(name, *args)
 
-    model_note = " (default: the model's own training setting, else {})"
-    define(flags.DEFINE_string, "model", None, "a jaxtrade .pth file or an Orbax stage directory")
-    define(flags.DEFINE_string, "symbol", None, "symbol to adapt to (its processed Parquet file)")
-    define(flags.DEFINE_string, "processed_data_dir", "data/processed", "processed Parquet directory")
-    define(flags.DEFINE_string, "output_dir", None, "output directory (default checkpoints/adapted/{symbol})")
-    define(flags.DEFINE_integer, "steps", None, "inner adaptation steps (default: MAMLConfig.inner_loop_steps)")
-    define(flags.DEFINE_float, "inner_learning_rate", None, "inner SGD step size (default: MAMLConfig's)")
-    define(flags.DEFINE_integer, "support_sessions", 20, "most recent training sessions used as support data (0: all)")
-    define(flags.DEFINE_integer, "support_num_envs", 64, "parallel support episodes")
-    define(flags.DEFINE_integer, "support_num_steps", 256, "support rollout length (steps per env)")
-    define(flags.DEFINE_string, "split", "val", "split the before/after backtest runs on")
-    define(flags.DEFINE_integer, "seed", 0, "random seed of the support rollouts")
+    define(flags.DEFINE_string, "model", None, "A jaxtrade .pth file or an Orbax stage directory.")
+    define(flags.DEFINE_string, "symbol", None, "Symbol to adapt to (its processed Parquet file).")
+    define(flags.DEFINE_string, "processed_data_dir", "data/processed", "Folder of processed Parquet files.")
+    define(flags.DEFINE_string, "output_dir", None, "Output folder (default: checkpoints/adapted/{symbol}).")
+    define(flags.DEFINE_integer, "steps", None, "Inner adaptation steps (default: --maml.inner_loop_steps's, 7).")
+    define(flags.DEFINE_float, "inner_learning_rate", None,
+           "Inner SGD step size (default: --maml.inner_learning_rate's, 0.1).")
+    define(flags.DEFINE_integer, "support_sessions", 20,
+           "Most recent training sessions used as support data (0: all).")
+    define(flags.DEFINE_integer, "support_num_envs", 64, "Parallel support episodes.")
+    define(flags.DEFINE_integer, "support_num_steps", 256, "Support rollout length (steps per episode).")
+    define(flags.DEFINE_enum, "split", "val", list(SPLITS), "Split the before/after backtests run on.")
+    define(flags.DEFINE_integer, "seed", 0, "Random seed of the support rollouts.")
     for field in ENV_FIELDS:
         default = getattr(ADAPT_ENV, field)
-        help_text = f"market rule {field}" + model_note.format(default)
-        if isinstance(default, bool):
-            define(flags.DEFINE_boolean, field, default, help_text)
-        elif isinstance(default, int):
-            define(flags.DEFINE_integer, field, default, help_text)
-        elif isinstance(default, float):
-            define(flags.DEFINE_float, field, default, help_text)
-        elif isinstance(default, tuple):
-            define(flags.DEFINE_list, field, [str(v) for v in default], help_text)
-        else:
-            define(flags.DEFINE_string, field, default, help_text)
+        help_text = (f"{sentence(field_docs(EnvConfig)[field])} Default: the model's own training setting, else "
+                     f"{default if default != '' else 'none'}.")
+        fn, args = flag_definition(EnvConfig, field, default, help_text)
+        define(fn, field, *args)
 
 
 def adapt_rules(model_meta, given: dict):

@@ -68,20 +68,20 @@ def define_flags() -> None:
            "A baseline to backtest as the main policy: flat, buy_and_hold, random, momentum (momentum_N for "
            "N in 1, 5, 15, 60).")
     define(flags.DEFINE_string, "model", None, "A trained model: a .pth file or an Orbax stage directory.")
-    model_note = " (a trained model: its own training setting unless this flag is given)"
+    model_note = ". A trained model uses its own training setting unless this flag is given."
     define(flags.DEFINE_enum, "cost_model", "nse_futures", list(COST_MODELS), "Transaction-cost model" + model_note)
     define(flags.DEFINE_float, "cost_bps", 1.0, "Basis points of turnover for --cost-model bps" + model_note)
     define(flags.DEFINE_float, "slippage_ticks", 0.0,
-           "Slippage per fill in ticks (0.05 points), against you" + model_note)
+           "Slippage per fill in ticks (0.05 points), against the trader" + model_note)
     define(flags.DEFINE_float, "lot_size", None,
            "Units per lot (default: the symbol's current NSE lot; 1 for an unknown symbol)" + model_note)
     define(flags.DEFINE_boolean, "dated_lots", False,
            "Trade the NSE lot size in force on each session's date" + model_note)
     define(flags.DEFINE_boolean, "allow_overnight", False, "Hold positions across sessions" + model_note)
     define(flags.DEFINE_string, "square_off_time", "",
-           "HH:MM (IST): be flat from this bar on (default: the session's last bar)" + model_note)
+           "Time (HH:MM, IST) from which bars are forced flat (default: the session's last bar)" + model_note)
     define(flags.DEFINE_list, "split_fractions", ["0.7", "0.15", "0.15"],
-           "train,val,test session fractions" + model_note)
+           "Train, validation and test shares of the sessions" + model_note)
     define(flags.DEFINE_string, "checkpoint_dir", "checkpoints", "Where trained runs are looked for.")
     define(flags.DEFINE_string, "run", None,
            "Load models from this run ({checkpoint_dir}/{run}) instead of the most recent run holding the symbol's "

@@ -1,9 +1,11 @@
-"""`python -m experiments.sequence --flagfile=experiments/nifty.flags`: the PPO -> MoE -> MAML sequence.
+"""`python -m experiments.sequence --flagfile=experiments/nifty.flags` (or `jaxtrade-train`): the PPO -> MoE -> MAML
+sequence.
 
 Flags: every field of `jaxtrade.config` (top-level run fields as `--symbols`, `--seed`, ...; groups as
 `--ppo.learning_rate`, `--moe.num_experts`, `--maml.inner_loop_steps`, `--ppo_gate.min_win_rate`,
 `--progression.on_fail`, `--env.cost_model`, ...), plus `--config config/training_sequence.yaml` (the seed's
 layout). Precedence: defaults < --config < flags given on the command line (or in a --flagfile).
+Training curves: `--log_backend jsonl` (default), `tensorboard`, `wandb`; repeat the flag for several.
 Exit codes: 0 done, 1 a gate failed with on_fail=stop, 2 bad flags or data, 3 a non-finite loss, gradient or
 parameter, 143/130 stopped by SIGTERM/SIGINT (a checkpoint written; the same command resumes).
 """
@@ -18,41 +20,30 @@ from absl import flags, logging
 from jaxtrade import config as C
 from jaxtrade.cli import run
 from jaxtrade.errors import InputError
+from jaxtrade.flag_help import flag_definition
 
 FLAGS = flags.FLAGS
 _DEFINED: dict[str, tuple[str, type, str, bool]] = {}  # flag -> (group or "", cls, field, optional)
 
 
-def _define(name: str, kind: str, optional: bool, default, help_text: str) -> None:
-    if kind == "bool":
-        flags.DEFINE_bool(name, default, help_text)
-    elif kind == "int":
-        flags.DEFINE_integer(name, default, help_text)
-    elif kind == "float":
-        flags.DEFINE_float(name, default, help_text)
-    elif kind == "str":
-        flags.DEFINE_string(name, default, help_text)
-    elif kind.startswith("list_"):
-        flags.DEFINE_list(name, None if default is None else [str(v) for v in default], help_text)
-    else:
-        raise TypeError(f"no flag type for {name}: {kind}")
-
-
 def define_flags() -> None:
     if "config" in FLAGS:
         return
-    flags.DEFINE_string("config", None, "The seed's training_sequence.yaml (flags override it).")
+    flags.DEFINE_string("config", None, "The seed's training_sequence.yaml in its own layout (flags given on the "
+                        "command line override it).")
     defaults = C.default_config()
     for field in dataclasses.fields(C.RunConfig):
-        kind, optional = C.field_kind(C.RunConfig, field.name)
-        _define(field.name, kind, optional, getattr(defaults.run, field.name), f"run.{field.name}")
+        _, optional = C.field_kind(C.RunConfig, field.name)
+        define, args = flag_definition(C.RunConfig, field.name, getattr(defaults.run, field.name))
+        define(field.name, *args)
         _DEFINED[field.name] = ("", C.RunConfig, field.name, optional)
     for group, instance in defaults.groups.items():
         cls = type(instance)
         for field in dataclasses.fields(cls):
-            kind, optional = C.field_kind(cls, field.name)
+            _, optional = C.field_kind(cls, field.name)
             name = f"{group}.{field.name}"
-            _define(name, kind, optional, getattr(instance, field.name), f"{cls.__name__}.{field.name}")
+            define, args = flag_definition(cls, field.name, getattr(instance, field.name))
+            define(name, *args)
             _DEFINED[name] = (group, cls, field.name, optional)
 
 

@@ -110,18 +110,27 @@ def die(message: str, code: int = 2) -> None:
 HELP_ARGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull")
 
 
-def print_help(full: bool = False, stream=None) -> None:
-    """Every flag the command defines, grouped by module (absl's own flags too with `full`); exit code 0 is the
-    caller's: asking for help is not an error."""
+PROJECT_PACKAGES = ("jaxtrade", "experiments", "data_tools", "run_training", "run_backtest")
+
+
+def _is_project_module(module: str) -> bool:
+    """absl files a flag under its module's name, or under the script's path for `__main__`."""
+    return module.endswith(".py") or module.split(".")[0] in PROJECT_PACKAGES
+
+
+def print_help(full: bool = False, stream=None, doc: str | None = None) -> None:
+    """The command's `doc` (default: `__main__`'s docstring) and every flag it defines; with `full` also the
+    flags of the libraries it imports (absl's logging flags, chex's test flags). Exit code 0 is the caller's:
+    asking for help is not an error."""
     stream = stream or sys.stdout
-    doc = (getattr(sys.modules.get("__main__"), "__doc__", None) or "").strip()
+    main_doc = getattr(sys.modules.get("__main__"), "__doc__", None)
+    doc = (main_doc or doc or "").strip()
     parts = [doc] if doc else []
     for module in sorted(flags.FLAGS.flags_by_module_dict()):
-        if not full and module.startswith("absl"):
-            continue
-        parts.append(flags.FLAGS.module_help(module))
+        if full or _is_project_module(module):
+            parts.append(flags.FLAGS.module_help(module))
     if not full:
-        parts.append("(--helpfull also lists absl's own logging flags)")
+        parts.append("(--helpfull also lists the flags of the libraries this command uses: absl, chex)")
     stream.write("\n\n".join(p for p in parts if p) + "\n")
 
 
@@ -194,7 +203,7 @@ def run(main: Callable[[list[str]], int | None], argv: Sequence[str] | None = No
     argv = list(sys.argv if argv is None else argv)
     argv = normalize_argv(argv, list_flags)
     if any(a in HELP_ARGS for a in argv[1:]):
-        print_help(full="--helpfull" in argv)
+        print_help(full="--helpfull" in argv, doc=getattr(sys.modules.get(main.__module__), "__doc__", None))
         sys.exit(0)
 
     def guarded(args):

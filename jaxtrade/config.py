@@ -22,6 +22,7 @@ from jaxtrade.env import EnvConfig
 from jaxtrade.errors import InputError
 from jaxtrade.gates import GateConfig, MAMLGateConfig
 from jaxtrade.jsonio import to_json
+from jaxtrade.metric_log import check_backends
 
 ON_FAIL = ("continue", "extend", "stop")
 STAGES = ("ppo", "moe", "maml")
@@ -30,30 +31,33 @@ FINAL_METRICS = ("sharpe", "sortino", "total_return", "profit_factor", "win_rate
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    symbols: tuple[str, ...] = ("Nifty_2", "Bank_Nifty_5")  # or ("all",): every processed symbol
-    processed_data_dir: str = "data/processed"
-    raw_data_dir: str = "data/raw"  # used only to generate/process the embedded default on a fresh clone
-    checkpoint_dir: str = "checkpoints"
-    run_name: str = "default"
-    stages: tuple[str, ...] = STAGES
-    seed: int = 0
-    overwrite: bool = False  # retrain finished stages instead of skipping them
-    save_checkpoints: bool = True
+    symbols: tuple[str, ...] = ("Nifty_2", "Bank_Nifty_5")  # symbols to train, or all (every processed symbol)
+    processed_data_dir: str = "data/processed"  # folder of processed {symbol}.parquet files
+    raw_data_dir: str = "data/raw"  # raw files; only used to make the synthetic default on a fresh clone
+    checkpoint_dir: str = "checkpoints"  # run outputs go to {checkpoint_dir}/{run_name}/
+    run_name: str = "default"  # name of this run's folder under checkpoint_dir
+    stages: tuple[str, ...] = STAGES  # stages to run, in this order
+    seed: int = 0  # random seed of training (same seed and settings, same run)
+    overwrite: bool = False  # retrain stages from scratch instead of skipping or resuming them
+    save_checkpoints: bool = True  # save Orbax checkpoints while training (a stopped run resumes from them)
     checkpoint_every: int = 50  # iterations between Orbax saves (the seed's monitoring.checkpoint_frequency)
-    keep_checkpoints: int = 3
-    save_stage_models: bool = True  # export each stage's .pth
-    keep_best_models: bool = True  # write {symbol}_final_model.pth = the best stage on validation
+    keep_checkpoints: int = 3  # checkpoints kept per stage (older ones are deleted)
+    save_stage_models: bool = True  # export each stage's .pth model
+    keep_best_models: bool = True  # write {symbol}_final_model.pth, the best stage on validation
     transfer_learning: bool = True  # each stage starts from the previous stage's policy
     final_metric: str = "sharpe"  # validation metric that picks the final model
-    generate_reports: bool = True  # test-split backtest report at the end
+    generate_reports: bool = True  # backtest every symbol on the report split at the end
     compare_stages: bool = True  # the report lists every stage beside the baselines
-    output_dir: str = "reports"
-    report_file: str = ""  # default: {output_dir}/{run_name}_report.txt
-    eval_split: str = "val"  # split the gates read
-    report_split: str = "test"
-    log_every: int = 10  # iterations between progress lines
+    output_dir: str = "reports"  # folder of the report and the per-symbol backtest outputs
+    report_file: str = ""  # the text report (empty: {output_dir}/{run_name}_report.txt)
+    eval_split: str = "val"  # split the gates and the final-model choice read
+    report_split: str = "test"  # split the final report backtests
+    log_every: int = 10  # iterations between progress lines and training-curve points
     tearsheet: bool = True  # the report also writes {output_dir}/{symbol}/tearsheet.html
-    risk_free_rate: float = 0.0  # annual; Sharpe and Sortino (gates, final-model choice, report) subtract it
+    risk_free_rate: float = 0.0  # annual rate (0.065 = 6.5%) that Sharpe and Sortino subtract everywhere
+    # where the training curves go (every metric, each log_every iterations): metrics.jsonl beside the checkpoints,
+    # TensorBoard files in {checkpoint_dir}/{run_name}/tensorboard/, or W&B runs (offline without network)
+    log_backend: tuple[str, ...] = ("jsonl",)
 
     def __post_init__(self):
         bad = [s for s in self.stages if s not in STAGES]
@@ -64,6 +68,7 @@ class RunConfig:
             raise InputError(f"--stages must be in the order ppo, moe, maml; got {','.join(self.stages)}")
         if self.final_metric not in FINAL_METRICS:
             raise InputError(f"--final_metric: {self.final_metric!r} is not one of {', '.join(FINAL_METRICS)}")
+        object.__setattr__(self, "log_backend", check_backends(self.log_backend))
         if self.checkpoint_every < 1:
             raise InputError(f"--checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if not -1.0 < self.risk_free_rate < 1.0:
@@ -77,8 +82,8 @@ class RunConfig:
 @dataclasses.dataclass(frozen=True)
 class ProgressionConfig:
     auto_progression: bool = True  # go on to the next stage automatically
-    on_fail: str = "extend"  # continue | extend | stop (the seed's extend_training: true -> extend)
-    max_extension_iterations: int = 200  # the seed's max_extension_episodes
+    on_fail: str = "extend"  # what a failed gate does: continue, extend (train more, check again), stop (exit 1)
+    max_extension_iterations: int = 200  # most iterations an extension may add (the seed's max_extension_episodes)
     extension_chunk: int = 50  # iterations per extension before the gate is checked again
     hyperparameter_tuning: bool = True  # halve the learning rate at each extension
 

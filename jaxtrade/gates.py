@@ -24,10 +24,13 @@ def _fmt(value) -> str:
 class GateConfig:
     """A stage passes when every set criterion holds on the validation split (None = not checked)."""
 
-    min_win_rate: float | None = None
-    min_profit_factor: float | None = None
-    max_drawdown: float | None = None
-    min_iterations: int = 0  # the seed's advancement_criteria.min_episodes
+    min_win_rate: float | None = None  # least validation win rate to pass (none: not checked)
+    min_profit_factor: float | None = None  # least validation profit factor to pass (none: not checked)
+    max_drawdown: float | None = None  # largest validation drawdown to pass, a fraction (none: not checked)
+    min_iterations: int = 0  # iterations before the gate can pass (the seed's advancement_criteria.min_episodes)
+
+
+CROSS_SYMBOL_METRICS = ("win_rate", "profit_factor", "mean_episode_return")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,20 +47,20 @@ class MAMLGateConfig:
     min_iterations: meta-iterations needed before the gate can pass (as the other stages' `min_iterations`).
     """
 
-    min_adaptation_speed: float = 3.0
-    min_cross_symbol_performance: float = 0.85
-    require_improvement_ci: bool = True
-    speed_fraction: float = 0.9
-    cross_symbol_metric: str = "win_rate"  # win_rate | profit_factor | mean_episode_return
-    min_win_rate: float | None = None
-    min_profit_factor: float | None = None
-    max_drawdown: float | None = None
-    min_iterations: int = 0
+    min_adaptation_speed: float = 3.0  # at most this many inner steps to reach speed_fraction of the adapted gain
+    min_cross_symbol_performance: float = 0.85  # held-out symbol's post-adaptation metric over the trained symbol's
+    require_improvement_ci: bool = True  # the held-out improvement's 95% bootstrap interval must be above 0
+    speed_fraction: float = 0.9  # share of the final adapted gain that min_adaptation_speed measures
+    cross_symbol_metric: str = "win_rate"  # metric of the cross-symbol criterion
+    min_win_rate: float | None = None  # least validation win rate (none: not checked)
+    min_profit_factor: float | None = None  # least validation profit factor (none: not checked)
+    max_drawdown: float | None = None  # largest validation drawdown, a fraction (none: not checked)
+    min_iterations: int = 0  # meta-iterations before the gate can pass
 
     def __post_init__(self):
-        if self.cross_symbol_metric not in ("win_rate", "profit_factor", "mean_episode_return"):
+        if self.cross_symbol_metric not in CROSS_SYMBOL_METRICS:
             raise ValueError(f"MAMLGateConfig.cross_symbol_metric: {self.cross_symbol_metric!r} is not one of "
-                             "win_rate, profit_factor, mean_episode_return")
+                             f"{', '.join(CROSS_SYMBOL_METRICS)}")
 
     def replace(self, **changes) -> "MAMLGateConfig":
         return dataclasses.replace(self, **changes)

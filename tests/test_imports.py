@@ -15,14 +15,14 @@ MAX_LINES = 400
 
 # Lower layers never import higher ones. Within a layer, imports are allowed but must not form a cycle.
 LAYERS = (
-    ("jaxtrade", "jaxtrade.errors", "jaxtrade.atomic", "jaxtrade.jsonio", "jaxtrade.cli", "jaxtrade.contracts", "jaxtrade.features",
-     "jaxtrade.costs", "jaxtrade.data"),
+    ("jaxtrade", "jaxtrade.errors", "jaxtrade.atomic", "jaxtrade.jsonio", "jaxtrade.cli", "jaxtrade.contracts",
+     "jaxtrade.features", "jaxtrade.costs", "jaxtrade.data", "jaxtrade.metric_log", "jaxtrade.tfevents"),
     ("jaxtrade.env", "jaxtrade.networks", "jaxtrade.metrics", "jaxtrade.sharpe_ci",
      "data_tools"),  # data_tools never reaches agents
     ("jaxtrade.agents",),  # trainers: env, networks, rollout; nothing of gates, evaluation or the pipeline
     ("jaxtrade.gates", "jaxtrade.evaluation", "jaxtrade.policies", "jaxtrade.backtest", "jaxtrade.report",
      "jaxtrade.export", "jaxtrade.checkpoints", "jaxtrade.config", "jaxtrade.tearsheet", "jaxtrade.tearsheet_context",
-     "jaxtrade.live"),
+     "jaxtrade.live", "jaxtrade.flag_help"),
     ("jaxtrade.pipeline",),
     ("experiments",),
 )

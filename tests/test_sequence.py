@@ -133,7 +133,8 @@ def test_resume_equals_uninterrupted(market_dir, monkeypatch):
     assert meta_a["complete"] and meta_a["iteration"] == 4
 
     # Interrupt the second run after its first chunk (2 iterations, checkpointed).
-    cfg_b = tiny_config(tmp, checkpoint_dir=str(tmp / "b"), generate_reports=False)
+    cfg_b = tiny_config(tmp, checkpoint_dir=str(tmp / "b"), generate_reports=False,
+                        log_backend=("jsonl", "tensorboard"))
     from jaxtrade.agents.base import Runner
     from jaxtrade.pipeline import train_stage
     calls = {"n": 0}
@@ -168,6 +169,8 @@ def test_resume_equals_uninterrupted(market_dir, monkeypatch):
     assert summary["stages"]["ppo"]["resumed"].startswith("skipped")
     lines = (tmp / "b" / "t" / "NIFTY_5" / "ppo" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["iteration"] for l in lines] == [1, 2, 3, 4]
+    from tests.test_metric_log import check_curves_agree  # the TensorBoard curves too, across the resume
+    check_curves_agree(tmp / "b" / "t", "NIFTY_5", "ppo", [1, 2, 3, 4])
 
 
 def test_progression_rules(market_dir):
@@ -407,9 +410,12 @@ def test_without_torch_the_sequence_runs_and_skips_pth(market_dir, monkeypatch):
 
 
 def test_progress_line_shows_expert_usage_and_writes_jsonl(tmp_path):
+    from jaxtrade.metric_log import open_writer
     from jaxtrade.pipeline.progress import StageLogger
 
-    logger = StageLogger("NIFTY_5", "moe", 10, tmp_path / "m.jsonl", stream=open(os.devnull, "w"))
+    writer = open_writer(("jsonl",), tmp_path, "NIFTY_5/moe", jsonl_path=tmp_path / "m.jsonl",
+                         extra={"symbol": "NIFTY_5", "stage": "moe"})
+    logger = StageLogger("NIFTY_5", "moe", 10, writer, stream=open(os.devnull, "w"))
     metrics = {"iteration": np.int32(5), "env_steps": np.int64(640), "mean_episode_return": np.float32(0.01),
                "win_rate": np.float32(0.5), "profit_factor": np.float32(np.nan), "policy_loss": np.float32(-0.1),
                "usage_0": np.float32(0.7), "usage_1": np.float32(0.2), "usage_2": np.float32(0.1),

@@ -66,30 +66,30 @@ class MAMLConfig:
       (rounded, at least `episode_sessions`) are the support range, the rest the query range.
     """
 
-    meta_learning_rate: float = 5e-4
-    inner_loop_steps: int = 7
-    evaluation_steps: int = 5
-    meta_batch_size: int = 2
-    num_iterations: int = 150  # the seed's stage_3_maml.meta_iterations
-    inner_learning_rate: float = 0.1  # plain SGD in the inner loop (0.01 barely moves a fresh policy)
-    first_order: bool = False  # stop_gradient on inner gradients (first-order MAML)
-    remat: bool = True  # jax.checkpoint on each inner step (memory ~ constant in inner steps)
+    meta_learning_rate: float = 5e-4  # Adam step size of the meta-update
+    inner_loop_steps: int = 7  # inner policy-gradient steps per task
+    evaluation_steps: int = 5  # held-out task windows per symbol for the evaluation and the gate
+    meta_batch_size: int = 2  # tasks per meta-step
+    num_iterations: int = 150  # meta-iterations (the seed's stage_3_maml.meta_iterations)
+    inner_learning_rate: float = 0.1  # plain SGD step of the inner loop (0.01 barely moves a fresh policy)
+    first_order: bool = False  # first-order MAML: no gradient through the inner gradients
+    remat: bool = True  # jax.checkpoint each inner step (memory about constant in inner steps)
     inner_grad_clip: float = 1.0  # global-norm clip of each inner gradient (0: none)
     inner_clip_epsilon: float = 0.0  # ratio clip of the inner surrogate (0: unclipped importance-weighted PG)
     max_grad_norm: float = 0.5  # global-norm clip of the meta-gradient before Adam
     # Rollouts per task. Second-order MAML through 7 inner steps of the 4-expert network is compute-bound:
     # 16 x 64 samples keep a meta-iteration to a few seconds on a 2-core CPU; raise them on a GPU.
-    support_num_envs: int = 16
-    support_num_steps: int = 64
-    query_num_envs: int = 16
-    query_num_steps: int = 64
+    support_num_envs: int = 16  # support rollouts per task
+    support_num_steps: int = 64  # steps of each support rollout
+    query_num_envs: int = 16  # query rollouts per task
+    query_num_steps: int = 64  # steps of each query rollout
     window_sessions: int = 20
-    support_fraction: float = 0.5
+    support_fraction: float = 0.5  # share of a task window used as support (the rest is the query range)
     eval_episodes: int = 32  # query episodes per held-out task and adaptation step
-    eval_greedy: bool = False  # evaluate the sampled policy (paired keys) or its argmax
-    bootstrap_resamples: int = 2000
+    eval_greedy: bool = False  # evaluate the argmax policy instead of the sampled one (paired keys)
+    bootstrap_resamples: int = 2000  # bootstrap resamples of the held-out improvement's interval
     cross_symbol: str = ""  # held-out symbol for the gate ("": the first other processed symbol, if any)
-    seed: int = 0  # evaluation keys and bootstrap
+    seed: int = 0  # seed of the evaluation keys and the bootstrap
 
     def __post_init__(self):
         for name in ("inner_loop_steps", "evaluation_steps", "num_iterations"):

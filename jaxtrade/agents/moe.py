@@ -48,16 +48,16 @@ class MoEConfig:
       kernel it was copied from (so 0.05 = 5% of that layer's typical weight); biases are copied exactly.
     """
 
-    num_experts: int = 4
-    expert_hidden_dim: int = 128
-    expert_num_layers: int = 2
-    gating_hidden_dim: int = 64
-    gating_temperature: float = 0.8
-    activation: str = "tanh"
-    diversity_loss_weight: float = 0.02
-    load_balance_weight: float = 0.01
-    init_noise: float = 0.05
-    num_iterations: int = 800  # the seed's stage_2_moe.episodes
+    num_experts: int = 4  # experts, evaluated in parallel (vmap over stacked parameters)
+    expert_hidden_dim: int = 128  # width of each expert's MLP layers
+    expert_num_layers: int = 2  # hidden layers per expert
+    gating_hidden_dim: int = 64  # width of the gate MLP
+    gating_temperature: float = 0.8  # softmax temperature of the gate
+    activation: str = "tanh"  # hidden-layer activation of experts and gate
+    diversity_loss_weight: float = 0.02  # weight of the expert-diversity term of the loss
+    load_balance_weight: float = 0.01  # weight of the load-balance term of the loss
+    init_noise: float = 0.05  # symmetry-breaking noise from stage 1, x each layer's RMS weight
+    num_iterations: int = 800  # training iterations (the seed's stage_2_moe.episodes)
 
     def __post_init__(self):
         if self.num_experts < 1 or self.expert_hidden_dim < 1 or self.gating_hidden_dim < 1:

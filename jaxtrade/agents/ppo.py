@@ -40,24 +40,24 @@ from jaxtrade.networks import make_network
 class PPOConfig:
     """PPO hyperparameters; defaults are the seed's `training_params.ppo` (DESIGN section 10)."""
 
-    learning_rate: float = 1e-4
-    minibatch_size: int = 128  # the seed's `batch_size`
-    gamma: float = 0.995
-    gae_lambda: float = 0.95
-    clip_epsilon: float = 0.15
-    update_epochs: int = 6  # the seed's `k_epochs`
-    ent_coef: float = 0.01
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    num_envs: int = 64  # parallel episodes per iteration; 64 x 128 keeps the seed's minibatch 128 affordable on a CPU
+    learning_rate: float = 1e-4  # Adam step size
+    minibatch_size: int = 128  # samples per gradient step (the seed's batch_size)
+    gamma: float = 0.995  # discount factor per bar
+    gae_lambda: float = 0.95  # GAE lambda (bias-variance trade-off of advantages)
+    clip_epsilon: float = 0.15  # PPO ratio clip
+    update_epochs: int = 6  # passes over each rollout per iteration (the seed's k_epochs)
+    ent_coef: float = 0.01  # weight of the entropy bonus
+    vf_coef: float = 0.5  # weight of the value loss
+    max_grad_norm: float = 0.5  # global-norm gradient clip
+    num_envs: int = 64  # parallel episodes per iteration (64 x 128 keeps minibatch 128 affordable on a CPU)
     num_steps: int = 128  # rollout length per iteration
-    num_iterations: int = 500  # the seed's "episodes": one rollout + one update each
-    anneal_lr: bool = False  # linear decay to 0 over num_iterations
-    hidden_sizes: tuple[int, ...] = (64, 64)
-    activation: str = "tanh"
-    normalize_advantages: bool = True  # per minibatch
-    clip_value_loss: bool = True
-    adam_eps: float = 1e-5
+    num_iterations: int = 500  # the seed's "episodes": iterations of one rollout and one update each
+    anneal_lr: bool = False  # decay the learning rate linearly to 0 over num_iterations
+    hidden_sizes: tuple[int, ...] = (64, 64)  # widths of the actor and critic MLP layers
+    activation: str = "tanh"  # hidden-layer activation
+    normalize_advantages: bool = True  # normalise advantages per minibatch
+    clip_value_loss: bool = True  # clip the value update as the policy's
+    adam_eps: float = 1e-5  # Adam epsilon
 
     def __post_init__(self):
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))

@@ -73,19 +73,19 @@ class EnvConfig:
     it, and every model records the whole config (`to_dict`) so that it is judged under the rules it trained
     with. Flags: `--env.<field>` in the sequence, the bare names in `run_backtest.py` and `experiments.adapt`."""
 
-    cost_model: str = "nse_futures"  # zero | bps | nse_futures | nse_options
-    cost_bps: float = 1.0  # for cost_model=bps
-    slippage_ticks: float = 1.0
-    lot_size: float = 0.0  # 0: the symbol's current NSE lot size
+    cost_model: str = "nse_futures"  # transaction-cost model (bps: cost_bps of turnover; nse_*: NSE charges and taxes)
+    cost_bps: float = 1.0  # basis points of turnover charged per fill with cost_model=bps
+    slippage_ticks: float = 1.0  # slippage per fill in 0.05 ticks, against the trader
+    lot_size: float = 0.0  # units per lot; 0: the symbol's current NSE lot size
     dated_lots: bool = False  # trade the lot size in force on each session's date
-    max_lots: int = 1
+    max_lots: int = 1  # largest position in lots (actions -max_lots .. +max_lots)
     # Rs 20 lakh: about one lot's contract value (NSE sets it at Rs 15-20 lakh), so one lot is ~1x leverage.
     # The seed's Rs 1 lakh cannot even margin one NIFTY lot; run_backtest.py keeps it as its default.
-    initial_capital: float = 2_000_000.0
+    initial_capital: float = 2_000_000.0  # starting equity in rupees
     episode_sessions: int = 1  # sessions per training episode (an evaluation runs its whole split as one)
-    allow_overnight: bool = False
-    square_off_time: str = ""  # "HH:MM" IST; empty: square off at the session's last bar
-    split_fractions: tuple[float, ...] = (0.70, 0.15, 0.15)
+    allow_overnight: bool = False  # keep positions across sessions (default: squared off at each session's last bar)
+    square_off_time: str = ""  # HH:MM IST from which bars are forced flat (empty: the session's last bar)
+    split_fractions: tuple[float, ...] = (0.70, 0.15, 0.15)  # train, validation, test shares of the sessions
 
     def __post_init__(self):
         """Checked when the flags are read, before any data is loaded or a run folder is made; the errors

@@ -1,20 +1,19 @@
 """The sequence's progress display: one host callback for every stage's trainer (`agents.base.run` calls it
-every `log_every` iterations) that writes `metrics.jsonl` and a progress line: a bar on a terminal, an absl log
+every `log_every` iterations) that hands the metrics to the run's `metric_log` writer (`metrics.jsonl`, TensorBoard,
+W&B: `--log_backend`) and shows a progress line: a bar on a terminal, an absl log
 line otherwise. What the line shows depends on which metrics the stage reports (PPO's losses, the MoE's expert
 usage and gate entropy, MAML's query returns before and after adaptation)."""
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from absl import logging
 
-from jaxtrade import atomic
+from jaxtrade.metric_log import MetricWriter
 
 # (metric, label, format) shown when a stage reports it, in this order after the common part.
 _FIELDS = (("policy_loss", "pi", "+.4f"), ("value_loss", "v", ".4f"), ("entropy", "ent", ".3f"),
@@ -23,12 +22,13 @@ _FIELDS = (("policy_loss", "pi", "+.4f"), ("value_loss", "v", ".4f"), ("entropy"
 
 
 class StageLogger:
-    """`logger(metrics)`: append the metrics (host numpy scalars or arrays, averaged) to `jsonl_path` and show
-    one progress line. `total` (iterations planned) may grow when a stage is extended."""
+    """`logger(metrics)`: the metrics (host numpy scalars or arrays, averaged), with `steps_per_s` and `wall_s`,
+    to `writer` (a `metric_log.MetricWriter`) and one progress line. `total` (iterations planned) may grow
+    when a stage is extended."""
 
-    def __init__(self, symbol: str, stage: str, total: int, jsonl_path: Path | None = None, stream=None):
+    def __init__(self, symbol: str, stage: str, total: int, writer: MetricWriter | None = None, stream=None):
         self.symbol, self.stage, self.total = symbol, stage, total
-        self.jsonl_path = jsonl_path
+        self.writer = writer
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self._last: tuple[float, float] | None = None
@@ -44,10 +44,8 @@ class StageLogger:
         self._last = (now, steps)
         m["steps_per_s"] = rate
         m["wall_s"] = now - self._start
-        if self.jsonl_path is not None:
-            atomic.append_line(self.jsonl_path, json.dumps({**{k: (v if math.isfinite(v) else None)
-                                                               for k, v in m.items()},
-                                                            "symbol": self.symbol, "stage": self.stage}))
+        if self.writer is not None:
+            self.writer.write(int(m.get("iteration", 0)), m)
         line = self.line(m)
         it = int(m.get("iteration", 0))
         if self.tty:

@@ -3,7 +3,8 @@
   1. build the stage's trainer (`stages.build_stage`); a finished stage in the run directory is skipped, an
      unfinished one resumes from its latest Orbax checkpoint (refused when it was trained with other settings);
   2. train through the shared `agents.base.Runner` in chunks of `checkpoint_every` iterations, saving a
-     checkpoint after each, with the progress line and `metrics.jsonl` every `log_every` iterations;
+     checkpoint after each, with the progress line and the training curves (`metrics.jsonl`, and TensorBoard or
+     W&B with `--log_backend`) every `log_every` iterations;
   3. judge the stage on validation (`stages.judge`); on a failed gate apply the progression rule (`continue`,
      `extend` by `extension_chunk` iterations up to `max_extension_iterations`, optionally halving the learning
      rate, a hyperparameter leaf, or `stop`, which the sequence reports);
@@ -21,9 +22,9 @@ from absl import logging
 from jaxtrade.agents.base import Runner
 from jaxtrade.checkpoints import StageCheckpointer
 from jaxtrade.config import SequenceConfig
-from jaxtrade import atomic
 from jaxtrade.errors import InputError, NumericalFault, StopRequested
 from jaxtrade.export import network_config
+from jaxtrade.metric_log import open_writer
 from jaxtrade.pipeline import preemption, stages as S
 from jaxtrade.pipeline.context import SymbolContext
 from jaxtrade.pipeline.progress import StageLogger
@@ -43,6 +44,7 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
     spec = S.build_stage(cfg, ctx, stage, prev_params)
     trainer = spec.trainer
     ckpt = StageCheckpointer(directory, keep=cfg.run.keep_checkpoints) if cfg.run.save_checkpoints else None
+    writer = None
     try:
         _, k_stage = jax.random.split(key)  # the stream earlier versions drew (runs stay reproducible)
         state = jax.jit(lambda t, k, p: t.init(k, p))(trainer, k_stage, spec.init_params)
@@ -60,6 +62,7 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
         # The newest checkpoint that reads back whole (an unreadable one is set aside with a warning naming it).
         found = ckpt.restore_latest({"params": trainer.params_of(state), "runner": state}, same_settings) \
             if ckpt else None
+        latest = None if found is None else found[0]
         if found is not None:
             _, restored, meta = found
             lr_scale = float(meta.get("lr_scale", 1.0))
@@ -77,12 +80,13 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
                 record["resumed"] = "skipped (finished earlier)"
                 return {"record": record, "params": trainer.params_of(state), "network": trainer.network}
             logging.info("%s %s: resuming from checkpoint at iteration %d of %d", symbol, stage, done, target)
-            if jsonl.exists():  # lines a killed run logged after its last checkpoint are logged again
-                atomic.rewrite_jsonl(jsonl, [r for r in atomic.read_jsonl(jsonl) if r.get("iteration", 0) <= done])
-        elif not cfg.run.overwrite and jsonl.exists():
-            jsonl.unlink()  # a stale log from a run that never checkpointed
         planned = int(meta.get("planned_iterations", spec.iterations)) if meta else spec.iterations
-        logger = StageLogger(symbol, stage, target, jsonl)
+        # A fresh start drops the curves of a run that never checkpointed; a resumed one keeps them up to its
+        # checkpoint and appends.
+        writer = open_writer(cfg.run.log_backend, directory.parent.parent, f"{symbol}/{stage}", jsonl_path=jsonl,
+                             extra={"symbol": symbol, "stage": stage}, config=cfg.to_dict(),
+                             resume_at=None if latest is None else done)
+        logger = StageLogger(symbol, stage, target, writer)
         runner = Runner(callback=logger, log_every=cfg.run.log_every)
 
         def save(state, iterations: int, complete: bool = False, record: dict | None = None):
@@ -135,6 +139,8 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
         S.log_result(symbol, stage, done, wall, validation, not reasons, reasons)
         return {"record": record, "params": params, "network": trainer.network}
     finally:
+        if writer is not None:
+            writer.close()
         if ckpt is not None:
             ckpt.close()
 
