@@ -6,8 +6,8 @@ leaves is a hidden `.{name}.tmp-{pid}-{random}` beside it, which nothing reads.
     with replacing(path) as tmp: write anything to `tmp` (a Path), then it becomes `path`
     write_bytes(path, data) / write_text(path, text)        (JSON: `jsonio.write_json_atomic`, through these)
     write_parquet(table, path, **pyarrow_kwargs) / save_figure(fig, path, **savefig_kwargs) / torch_save(obj, path)
-    append_line(path, line)     metrics.jsonl: appends are not atomic, so
-    read_jsonl(path)            readers drop a torn last line (a writer killed mid-line)
+    append_line(path, line)     metrics.jsonl: appends are not atomic; the resuming writer drops a torn last
+                                line (`metric_log.JsonlSink`)
 
 Directories that must appear whole (a backtest's per-symbol folders) are staged under a hidden name and renamed the
 same way by their writer (`experiments.backtest`).
@@ -16,7 +16,6 @@ same way by their writer (`experiments.backtest`).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 from pathlib import Path
@@ -131,31 +130,7 @@ def torch_save(obj, path) -> Path:
 
 def append_line(path, line: str) -> None:
     """Append one line (a newline is added) and flush. Not atomic: a writer killed mid-line leaves a torn last
-    line, which `read_jsonl` drops."""
+    line, which the resuming writer (`metric_log.JsonlSink`) drops."""
     with open(path, "a", encoding="utf-8") as f:
         f.write(line.rstrip("\n") + "\n")
         f.flush()
-
-
-def read_jsonl(path) -> list[dict]:
-    """The records of a JSON-lines file, without a torn last line (one that does not end in a newline or does
-    not parse: its writer was killed). A bad line before the last is an error naming the file and line."""
-    path = Path(path)
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    complete, last = lines[:-1], lines[-1]  # `last` is "" when the file ends with a newline
-    del last  # a last line without its newline is torn, whatever it holds
-    out = []
-    for i, line in enumerate(complete):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            raise InputError(f"{path} line {i + 1}: not a JSON record") from None
-    return out
-
-
-def rewrite_jsonl(path, records) -> None:
-    """Replace a JSON-lines file with `records` (one per line), atomically."""
-    write_text(path, "".join(json.dumps(r) + "\n" for r in records))

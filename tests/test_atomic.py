@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from jaxtrade import atomic
-from jaxtrade.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,15 +88,17 @@ def test_writer_that_fails_midway_leaves_nothing(tmp_path):
     assert pq.read_table(target)["x"].to_pylist() == [1, 2] and len(list(tmp_path.iterdir())) == 1
 
 
-def test_jsonl_reader_drops_a_torn_last_line(tmp_path):
+def test_a_torn_metrics_line_is_dropped_when_the_run_resumes(tmp_path):
+    from jaxtrade.metric_log import JsonlSink
+
     log = tmp_path / "metrics.jsonl"
-    atomic.append_line(log, json.dumps({"iteration": 1}))
+    for i in (1, 2, 3):
+        atomic.append_line(log, json.dumps({"iteration": i}))
     with open(log, "a") as f:
-        f.write('{"iteration": 2, "lo')  # a writer killed mid-line
-    assert atomic.read_jsonl(log) == [{"iteration": 1}]
-    log.write_text('{"iteration": 1}\nnot json\n{"iteration": 3}\n')
-    with pytest.raises(InputError, match="metrics.jsonl line 2"):
-        atomic.read_jsonl(log)
+        f.write('{"iteration": 4, "lo')  # a writer killed mid-line
+    sink = JsonlSink(log, {}, resume_at=2)  # resumed from the checkpoint at iteration 2
+    sink.write(3, {"iteration": 3.0})
+    assert [json.loads(l)["iteration"] for l in log.read_text().splitlines()] == [1, 2, 3]
 
 
 # What may write without `jaxtrade.atomic`: the helper itself; the backtester's report, which is staged under a
