@@ -51,6 +51,8 @@ def define_flags() -> None:
         if name not in FLAGS:
             fn(name, *args, **kwargs)
 
+    from jaxtrade import sharding
+    sharding.define_flags(hosts=False)
     define(flags.DEFINE_boolean, "process_data", False,
            "Process raw data into the processed directory first (data_tools); with the default raw directory "
            "absent or empty, generate the SYNTHETIC default market.")
@@ -242,6 +244,8 @@ def main(argv) -> int:
     F = FLAGS
     t0 = time.perf_counter()
     _check_flags()
+    from jaxtrade import sharding
+    sharding.setup_from_flags()  # jax.distributed and the device mesh, before any computation
     if F.process_data:
         _process_data()
     processed_dir = Path(F.processed_data_dir)

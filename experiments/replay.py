@@ -2,11 +2,18 @@
 
     python -m experiments.replay --model M --processed_data_dir P --symbol S [--split test] [--output F.csv]
 
+    python -m experiments.replay --model M --processed_data_dir P --symbol S --decisions LIVE.csv [--split test]
+
 `--model`: a jaxtrade .pth file or an Orbax stage directory. The policy is warmed up on every bar of the file
 before the split (features only), then fed the split's bars one at a time, as a live loop would; each decision
 is compared with the one `run_backtest.py` makes at the same bar with the same settings (the model's training
 capital, slippage, max lots and overnight rule unless a flag says otherwise). Prints the agreement and how long a
 bar took; `--output` writes every bar's decision beside the backtester's as CSV.
+
+With `--decisions`, the decisions are not recomputed: the log of decisions a live loop took (CSV with `timestamp`,
+the bar's start in IST or epoch seconds, and `target`, the signed lots decided; `jaxtrade.live.read_decision_log`)
+is compared with the backtest's on the same bars, and every bar where they differ is listed with both decisions and
+a note that after the first difference the positions (inputs of later decisions) may differ too.
 
 Exit codes: 0 every decision equal, 1 some differ (each listed, with what the policy assumed), 2 bad flags or
 data: a bar out of order or outside the session is refused with one line.
@@ -49,6 +56,8 @@ def define_flags() -> None:
            "Feature scaling: the model file's (what a live loop has) or this data's training split (what the "
            "backtester uses; needed for an Orbax checkpoint, which records none).")
     define(flags.DEFINE_string, "output", None, "CSV of every bar's decision beside the backtester's.")
+    define(flags.DEFINE_string, "decisions", None, "A log of decisions taken live (CSV: timestamp,target): report "
+           "where they differ from the backtest's on the same bars instead of feeding the bars again.")
 
 
 def main(argv) -> int:
@@ -94,6 +103,8 @@ def main(argv) -> int:
               f"uses: decisions may differ (--scaler data uses the data's)")
     columns, _ = D.read_processed(market.path)
     lo, hi = market.split_bars(F.split)
+    if F.decisions:
+        return compare_log(F.decisions, market, policy, rules, lo, hi)
     t0 = time.perf_counter()
     warm = live.warm_up(bars_of(columns, 0, lo))
     t1 = time.perf_counter()
@@ -129,6 +140,36 @@ def main(argv) -> int:
     for i in differ[:10]:
         print(f"differs at {str(ts[i])[:16].replace('T', ' ')}: live {mine[i]:+d}, backtest {backtested[i]:+d}")
     print(f"decisions differ on {len(differ):,} of {len(mine):,} bars", file=sys.stderr)
+    return 1
+
+
+def compare_log(log_path, market, policy, rules, lo: int, hi: int) -> int:
+    """`--decisions`: the live log against the backtest on the same bars (see the module docstring)."""
+    import numpy as np
+
+    from jaxtrade import backtest as B
+    from jaxtrade.live import compare_with_backtest, read_decision_log
+
+    times, targets = read_decision_log(log_path)
+    result = B.backtest(market, policy, B.BacktestConfig(env=rules, split=FLAGS.split))
+    backtested = np.asarray(result.target[1:], np.int64)
+    where = f"{market.symbol}'s {FLAGS.split} split"
+    c = compare_with_backtest(times, targets, market.timestamps[lo:hi], backtested, where)
+    print(f"{Path(log_path).name}: {len(times):,} live decisions on {where} ({hi - lo:,} bars; {c['unlogged']:,} "
+          f"without a logged decision); compared on {c['compared']:,}: equal on {c['equal']:,}, differ on "
+          f"{len(c['differ']):,}" + (f"; {c['last_bar']} at the split's last bar not compared (the backtest never "
+                                    f"trades on it)" if c["last_bar"] else ""))
+    if not c["differ"]:
+        return 0
+    first = c["differ"][0][0]
+    for t, live, bt in c["differ"][:10]:
+        print(f"differs at {t}: live {live:+d}, backtest {bt:+d}")
+    if len(c["differ"]) > 10:
+        print(f"... and {len(c['differ']) - 10:,} more")
+    print(f"note: from {first} on the live position may differ from the backtest's, so later decisions see other "
+          f"position inputs; the first difference is the one to explain (fills, scaling, missed bars)")
+    print(f"live decisions differ from the backtest's on {len(c['differ']):,} of {c['compared']:,} bars, first at "
+          f"{first}", file=sys.stderr)
     return 1
 
 

@@ -17,7 +17,7 @@ import sys
 
 from absl import flags, logging
 
-from jaxtrade import config as C
+from jaxtrade import config as C, sharding
 from jaxtrade.cli import run
 from jaxtrade.errors import InputError
 from jaxtrade.flag_help import flag_definition
@@ -31,6 +31,7 @@ def define_flags() -> None:
         return
     flags.DEFINE_string("config", None, "The seed's training_sequence.yaml in its own layout (flags given on the "
                         "command line override it).")
+    sharding.define_flags()
     defaults = C.default_config()
     for field in dataclasses.fields(C.RunConfig):
         _, optional = C.field_kind(C.RunConfig, field.name)
@@ -68,6 +69,7 @@ def main(argv) -> int:
     from jaxtrade.pipeline import run_sequence
 
     logging.set_verbosity(logging.INFO)
+    sharding.setup_from_flags()  # jax.distributed and the device mesh, before any computation
     cfg = config_from_flags()
     return run_sequence(cfg, out=sys.stdout)
 

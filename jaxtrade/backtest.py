@@ -27,6 +27,7 @@ from jaxtrade.data import IST_OFFSET_NS, Market
 from jaxtrade.env import EnvConfig
 from jaxtrade.errors import InputError
 from jaxtrade.policies import BoundAct, Policy
+from jaxtrade.sharding import axis_size, constrain_batch, fetch
 
 SPLIT_CHOICES = ("train", "val", "test", "all")
 # DESIGN section 6, then the columns that make the file replayable alone: `target` lots held from the bar's
@@ -184,8 +185,11 @@ def _runner(fns: tuple):
 
     @jax.jit
     def scan(params, keys, policy_params):
-        return jax.vmap(one_policy, in_axes=(None, None, None, 0))(params, keys, policy_params,
-                                                                   jnp.arange(len(fns)))
+        # The policies are the batch axis: over a mesh's devices, padded to a multiple of them (repeats of the
+        # last policy, dropped by `run_ledgers`).
+        n = len(fns)
+        index = constrain_batch(jnp.minimum(jnp.arange(-(-n // axis_size()) * axis_size()), n - 1))
+        return constrain_batch(jax.vmap(one_policy, in_axes=(None, None, None, 0))(params, keys, policy_params, index))
 
     _RUNNERS[fns] = scan
     while len(_RUNNERS) > MAX_RUNNERS:
@@ -198,7 +202,7 @@ def run_ledgers(params: E.EnvParams, policies, num_steps: int, seed: int = 0):
     environment's final episode statistics. All policies run in one compiled scan, with the same key stream."""
     keys = jax.random.split(jax.random.key(seed), num_steps)
     fns, policy_params = zip(*(_split_act(p.act) for p in policies))
-    ledger, stats = jax.device_get(_runner(tuple(fns))(params, keys, tuple(policy_params)))
+    ledger, stats = fetch(_runner(tuple(fns))(params, keys, tuple(policy_params)))
     out = []
     for i in range(len(policies)):
         led = {k: np.asarray(v[i]) for k, v in ledger.items()}

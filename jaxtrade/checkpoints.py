@@ -71,12 +71,13 @@ class StageCheckpointer:
                                                                  meta=ocp.args.JsonRestore()))
         return from_storable(out["state"], template), dict(out["meta"])
 
-    def restore_latest(self, template: Any, check_meta: Callable[[dict], None] | None = None
+    def restore_latest(self, template: Callable[[dict], Any], check_meta: Callable[[dict], None] | None = None
                        ) -> tuple[int, Any, dict] | None:
         """(step, state, meta) of the newest checkpoint that reads back whole, or None when there is none. A step
         that cannot be read (a half-written or corrupted checkpoint) is renamed `{step}.unreadable` beside the
         others, with a warning naming it, and the step before it is tried. `check_meta(meta)` may raise (say, a
-        checkpoint trained with other settings): that error is not a corruption and goes to the caller."""
+        checkpoint trained with other settings): that error is not a corruption and goes to the caller.
+        `template(meta)`: the state structure to restore that step into."""
         for step in sorted(self.all_steps(), reverse=True):
             try:
                 meta = self.restore_meta(step)
@@ -86,7 +87,7 @@ class StageCheckpointer:
             if check_meta is not None:
                 check_meta(meta)
             try:
-                state, meta = self.restore(template, step)
+                state, meta = self.restore(template(meta), step)
             except Exception as e:  # noqa: BLE001
                 self._set_aside(step, e)
                 continue
@@ -136,14 +137,23 @@ def restore_params(directory, step: int | None = None) -> tuple[Any, dict]:
     step = manager.latest_step() if step is None else step
     if step is None:
         raise InputError(f"{directory}: no Orbax checkpoint steps in this directory")
-    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
-                                                        meta=ocp.args.JsonRestore()))
+    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_on_this_device(
+        directory / str(step) / "state")), meta=ocp.args.JsonRestore()))
     manager.close()
     state = out["state"]
     params = state.get("params") if isinstance(state, dict) else None
     if params is None:
         raise InputError(f"{directory}: checkpoint step {step} has no 'params' item")
     return jax.tree.map(np.asarray, params), dict(out["meta"])
+
+
+def _on_this_device(item_dir: Path):
+    """The saved tree's shapes and dtypes on this process's first device: a checkpoint written over a device mesh
+    or several hosts (`jaxtrade.sharding`) restores on a machine with other devices."""
+    device = jax.local_devices()[0]
+    metadata = ocp.StandardCheckpointHandler().metadata(item_dir)
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=jax.sharding.SingleDeviceSharding(
+        device)), metadata, is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
 
 
 # ------------------------------------------------------------------------------------------ loading priority

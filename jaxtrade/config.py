@@ -27,6 +27,8 @@ from jaxtrade.metric_log import check_backends
 ON_FAIL = ("continue", "extend", "stop")
 STAGES = ("ppo", "moe", "maml")
 FINAL_METRICS = ("sharpe", "sortino", "total_return", "profit_factor", "win_rate", "calmar")
+FINAL_MODELS = ("best", "ensemble")
+ENSEMBLE_RULES = ("mean", "vote")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +40,7 @@ class RunConfig:
     run_name: str = "default"  # name of this run's folder under checkpoint_dir
     stages: tuple[str, ...] = STAGES  # stages to run, in this order
     seed: int = 0  # random seed of training (same seed and settings, same run)
+    seeds: int = 1  # seeds of each stage trained side by side in one program (vmap): seed, seed+1, ...
     overwrite: bool = False  # retrain stages from scratch instead of skipping or resuming them
     save_checkpoints: bool = True  # save Orbax checkpoints while training (a stopped run resumes from them)
     checkpoint_every: int = 50  # iterations between Orbax saves (the seed's monitoring.checkpoint_frequency)
@@ -55,6 +58,9 @@ class RunConfig:
     log_every: int = 10  # iterations between progress lines and training-curve points
     tearsheet: bool = True  # the report also writes {output_dir}/{symbol}/tearsheet.html
     risk_free_rate: float = 0.0  # annual rate (0.065 = 6.5%) that Sharpe and Sortino subtract everywhere
+    eval_every: int = 0  # iterations between on-device validation evaluations of a stage (0: none); early stopping
+    final_model: str = "best"  # best: the best stage on validation; ensemble: the --seeds members of the best stage
+    ensemble_rule: str = "mean"  # mean: mean of the members' action probabilities; vote: majority of their actions
     # where the training curves go (every metric, each log_every iterations): metrics.jsonl beside the checkpoints,
     # TensorBoard files in {checkpoint_dir}/{run_name}/tensorboard/, or W&B runs (offline without network)
     log_backend: tuple[str, ...] = ("jsonl",)
@@ -68,12 +74,23 @@ class RunConfig:
             raise InputError(f"--stages must be in the order ppo, moe, maml; got {','.join(self.stages)}")
         if self.final_metric not in FINAL_METRICS:
             raise InputError(f"--final_metric: {self.final_metric!r} is not one of {', '.join(FINAL_METRICS)}")
+        if not isinstance(self.seeds, int) or self.seeds < 1:
+            raise InputError(f"--seeds must be an integer >= 1, got {self.seeds}")
         object.__setattr__(self, "log_backend", check_backends(self.log_backend))
         if self.checkpoint_every < 1:
             raise InputError(f"--checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if not -1.0 < self.risk_free_rate < 1.0:
             raise InputError(f"--risk_free_rate: expected an annual rate as a fraction (0.065 for 6.5%), got "
                              f"{self.risk_free_rate}")
+        if self.eval_every < 0:
+            raise InputError(f"--eval_every must be >= 0 (0: no evaluations), got {self.eval_every}")
+        if self.final_model not in FINAL_MODELS:
+            raise InputError(f"--final_model: {self.final_model!r} is not one of {', '.join(FINAL_MODELS)}")
+        if self.final_model == "ensemble" and self.seeds < 2:
+            raise InputError(f"--final_model=ensemble needs --seeds N with N >= 2 (the ensemble's members), got "
+                             f"--seeds {self.seeds}")
+        if self.ensemble_rule not in ENSEMBLE_RULES:
+            raise InputError(f"--ensemble_rule: {self.ensemble_rule!r} is not one of {', '.join(ENSEMBLE_RULES)}")
         for name in ("eval_split", "report_split"):  # checked now, not after hours of training
             if getattr(self, name) not in SPLITS:
                 raise InputError(f"--{name}: unknown split {getattr(self, name)!r} (choose from {', '.join(SPLITS)})")
@@ -119,6 +136,11 @@ class SequenceConfig:
             if split in fractions and not fractions[split] > 0:
                 raise InputError(f"--env.split_fractions={','.join(f'{f:g}' for f in env.split_fractions)} leaves "
                                  f"the {split} split empty, and {flag}={split} needs it")
+        for stage in self.run.stages:
+            patience = getattr(self.groups.get(stage), "early_stopping_patience", 0)
+            if patience and not self.run.eval_every:
+                raise InputError(f"--{stage}.early_stopping_patience={patience} needs --eval_every K > 0 (how many "
+                                 f"iterations apart the validation evaluations are)")
 
     def __getattr__(self, name):
         groups = object.__getattribute__(self, "groups")

@@ -264,3 +264,65 @@ def bars_of(columns: Mapping[str, np.ndarray], lo: int = 0, hi: int | None = Non
     for i in range(lo, hi):
         yield tuple(col[i] for col in cols)
 
+
+
+# ------------------------------------------------------------------------------------- live log vs backtest
+
+def read_decision_log(path) -> tuple[np.ndarray, np.ndarray]:
+    """A log of decisions taken live: CSV with a header naming at least `timestamp` (the bar the decision was taken
+    at: its START, IST wall-clock ISO text like `2024-01-05 09:15`, or Unix epoch seconds) and `target` (the signed
+    lots decided, what `LivePolicy.step` returned); other columns are ignored (`experiments.replay --output`
+    writes such a file). Returns (times datetime64[m] [N], targets int64 [N]); a malformed row is a one-line
+    `LiveInputError` naming the file and row."""
+    import csv
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise LiveInputError(f"--decisions: {path} not found")
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise LiveInputError(f"{path}: empty (expected a header with timestamp,target)")
+    header = [h.strip().lower() for h in rows[0]]
+    if "timestamp" not in header or "target" not in header:
+        raise LiveInputError(f"{path}: the header {','.join(rows[0])!r} needs columns timestamp and target")
+    it, ig = header.index("timestamp"), header.index("target")
+    times, targets = [], []
+    for n, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+        try:
+            raw_t, raw_g = row[it].strip(), row[ig].strip()
+            times.append(ist_minute(int(raw_t) if raw_t.lstrip("-").isdigit() else raw_t))
+            targets.append(int(raw_g))
+        except (IndexError, ValueError, LiveInputError) as e:
+            why = e if isinstance(e, LiveInputError) else "expected a timestamp and an integer target"
+            raise LiveInputError(f"{path} row {n}: {why}") from None
+    times_a = np.array(times, "datetime64[m]")
+    if len(times_a) and np.any(np.diff(times_a.astype(np.int64)) <= 0):
+        bad = int(np.flatnonzero(np.diff(times_a.astype(np.int64)) <= 0)[0]) + 3
+        raise LiveInputError(f"{path} row {bad}: timestamp {_fmt(times_a[bad - 2])} is not after the previous row's")
+    return times_a, np.array(targets, np.int64)
+
+
+def compare_with_backtest(times: np.ndarray, targets: np.ndarray, bar_times: np.ndarray, backtested: np.ndarray,
+                          where: str = "the split") -> dict[str, Any]:
+    """Logged live decisions against the backtest's on the same bars. `bar_times` [B]: the split's bar starts
+    (datetime64); `backtested` [B - 1]: the lots the backtest decided at each bar but the last (which decides for
+    a bar the backtest never reaches). A logged time that is not a bar of the split is a `LiveInputError`.
+    Returns {"compared", "equal", "differ": [(time, live, backtest)], "unlogged": bars without a log entry,
+    "last_bar": logged decisions at the split's last bar (not compared)}."""
+    bars = np.asarray(bar_times).astype("datetime64[m]")
+    idx = np.searchsorted(bars, times)
+    unknown = np.flatnonzero((idx >= len(bars)) | (bars[np.minimum(idx, len(bars) - 1)] != times))
+    if len(unknown):
+        raise LiveInputError(f"decision log entry {int(unknown[0]) + 1} ({_fmt(times[unknown[0]])}) is not a bar of "
+                             f"{where} ({_fmt(bars[0])} .. {_fmt(bars[-1])})")
+    last = idx == len(bars) - 1
+    i, live = idx[~last], targets[~last]
+    bt = np.asarray(backtested, np.int64)[i]
+    diff = np.flatnonzero(live != bt)
+    return {"compared": int(len(i)), "equal": int(len(i) - len(diff)),
+            "differ": [(_fmt(bars[i[k]]), int(live[k]), int(bt[k])) for k in diff],
+            "unlogged": int(len(bars) - len(idx)), "last_bar": int(last.sum())}

@@ -57,6 +57,9 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(header), sep, *(line(r) for r in rows)])
 
 
+table = _table  # the plain-text table, for other report sections
+
+
 def column_name(result: BacktestResult) -> str:
     return Path(result.policy).name if ("/" in result.policy or result.policy.endswith(".pth")) else result.policy
 

@@ -12,7 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 FLAG_SOURCES = ["data_tools/process.py", "data_tools/synth.py", "experiments/backtest.py", "experiments/adapt.py",
-                "experiments/replay.py", "experiments/bench.py", "experiments/bench_suite.py"]
+                "experiments/replay.py", "experiments/retrain.py",
+                "experiments/bench.py", "experiments/bench_suite.py", "jaxtrade/sharding.py"]
 
 
 def _defined_flags(path: Path) -> set[str]:

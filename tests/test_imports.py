@@ -15,9 +15,9 @@ MAX_LINES = 400
 
 # Lower layers never import higher ones. Within a layer, imports are allowed but must not form a cycle.
 LAYERS = (
-    ("jaxtrade", "jaxtrade.errors", "jaxtrade.atomic", "jaxtrade.jsonio", "jaxtrade.cli", "jaxtrade.contracts",
-     "jaxtrade.features", "jaxtrade.costs", "jaxtrade.data", "jaxtrade.metric_log", "jaxtrade.tfevents"),
-    ("jaxtrade.env", "jaxtrade.networks", "jaxtrade.metrics", "jaxtrade.sharpe_ci",
+    ("jaxtrade", "jaxtrade.errors", "jaxtrade.atomic", "jaxtrade.jsonio", "jaxtrade.cli", "jaxtrade.contracts", "jaxtrade.features",
+     "jaxtrade.costs", "jaxtrade.data", "jaxtrade.metric_log", "jaxtrade.tfevents", "jaxtrade.sharding"),
+    ("jaxtrade.env", "jaxtrade.networks", "jaxtrade.ensemble", "jaxtrade.metrics", "jaxtrade.sharpe_ci",
      "data_tools"),  # data_tools never reaches agents
     ("jaxtrade.agents",),  # trainers: env, networks, rollout; nothing of gates, evaluation or the pipeline
     ("jaxtrade.gates", "jaxtrade.evaluation", "jaxtrade.policies", "jaxtrade.backtest", "jaxtrade.report",
@@ -119,7 +119,8 @@ def test_the_checks_catch_a_reverse_edge_and_a_cycle(monkeypatch):
 
 
 def test_trainers_see_config_env_params_and_network_only():
-    allowed = ("jaxtrade.agents", "jaxtrade.env", "jaxtrade.networks", "jaxtrade.errors")
+    # jaxtrade.sharding: where the batch axes go on a device mesh (a no-op without one)
+    allowed = ("jaxtrade.agents", "jaxtrade.env", "jaxtrade.networks", "jaxtrade.errors", "jaxtrade.sharding")
     for module, deps in GRAPH.items():
         if module.startswith("jaxtrade.agents"):
             bad = [d for d in deps if not d.startswith(allowed)]

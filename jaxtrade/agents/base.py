@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtrade.sharding import fetch
+
 Metrics = dict[str, jax.Array]
 Callback = Callable[[dict[str, np.ndarray]], None]
 
@@ -199,7 +201,7 @@ class Runner:
                 n = min(n, self.STOP_POLL_ITERATIONS)
             t0 = time.perf_counter()
             state, metrics = self._run(trainer, state, num_iterations=n)
-            metrics = jax.device_get(metrics)
+            metrics = fetch(metrics)  # host numpy (gathered when other processes hold parts)
             pieces.append(metrics)
             self.wall_s += time.perf_counter() - t0
             fault = first_fault(metrics)

@@ -90,9 +90,10 @@ class MAMLConfig:
     bootstrap_resamples: int = 2000  # bootstrap resamples of the held-out improvement's interval
     cross_symbol: str = ""  # held-out symbol for the gate ("": the first other processed symbol, if any)
     seed: int = 0  # seed of the evaluation keys and the bootstrap
+    early_stopping_patience: int = 0  # stop after P --eval_every evaluations with no better --final_metric (0: never)
 
     def __post_init__(self):
-        for name in ("inner_loop_steps", "evaluation_steps", "num_iterations"):
+        for name in ("inner_loop_steps", "evaluation_steps", "num_iterations", "early_stopping_patience"):
             if getattr(self, name) < 0:
                 raise ValueError(f"MAMLConfig.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("meta_batch_size", "support_num_envs", "support_num_steps", "query_num_envs",

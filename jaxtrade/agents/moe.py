@@ -58,12 +58,15 @@ class MoEConfig:
     load_balance_weight: float = 0.01  # weight of the load-balance term of the loss
     init_noise: float = 0.05  # symmetry-breaking noise from stage 1, x each layer's RMS weight
     num_iterations: int = 800  # training iterations (the seed's stage_2_moe.episodes)
+    early_stopping_patience: int = 0  # stop after P --eval_every evaluations with no better --final_metric (0: never)
 
     def __post_init__(self):
         if self.num_experts < 1 or self.expert_hidden_dim < 1 or self.gating_hidden_dim < 1:
             raise ValueError("MoEConfig: num_experts, expert_hidden_dim and gating_hidden_dim must be >= 1")
         if self.expert_num_layers < 1:
             raise ValueError(f"MoEConfig.expert_num_layers must be >= 1, got {self.expert_num_layers}")
+        if self.early_stopping_patience < 0:
+            raise ValueError(f"MoEConfig.early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
         if not self.gating_temperature > 0:
             raise ValueError(f"MoEConfig.gating_temperature must be > 0, got {self.gating_temperature}")
         if self.init_noise < 0 or self.num_iterations < 0:

@@ -34,6 +34,7 @@ from jaxtrade.agents import rollout as R
 from jaxtrade.agents import shuffle
 from jaxtrade.agents.base import TrainerMixin
 from jaxtrade.networks import make_network
+from jaxtrade.sharding import constrain_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,14 +59,15 @@ class PPOConfig:
     normalize_advantages: bool = True  # normalise advantages per minibatch
     clip_value_loss: bool = True  # clip the value update as the policy's
     adam_eps: float = 1e-5  # Adam epsilon
+    early_stopping_patience: int = 0  # stop after P --eval_every evaluations with no better --final_metric (0: never)
 
     def __post_init__(self):
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in self.hidden_sizes))
         for name in ("minibatch_size", "update_epochs", "num_envs", "num_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PPOConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_iterations < 0:
-            raise ValueError("PPOConfig.num_iterations must be >= 0")
+        if self.num_iterations < 0 or self.early_stopping_patience < 0:
+            raise ValueError("PPOConfig.num_iterations and early_stopping_patience must be >= 0")
         if not self.learning_rate > 0:
             raise ValueError(f"PPOConfig.learning_rate must be > 0, got {self.learning_rate}")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1 or not self.clip_epsilon > 0:
@@ -262,6 +264,7 @@ class PPO(TrainerMixin):
             perm = shuffle.permutation(k_perm, size)[: nb * mb]
             mbs = jax.tree.map(lambda x: jnp.take(x, perm, axis=0, mode="clip", unique_indices=True)
                                .reshape((nb, mb) + x.shape[1:]), flat)
+            mbs = constrain_batch(mbs, axis=1)  # each minibatch over the mesh's devices (if any): data parallel
             (p, s), aux = jax.lax.scan(minibatch_step, (p, s), mbs)
             return (p, s, key), aux
 

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jaxtrade.sharding import constrain_batch
+
 ApplyFn = Callable[[Any, jax.Array], tuple[jax.Array, jax.Array]]
 ResetFn = Callable[[jax.Array, Any], tuple[jax.Array, Any]]
 StepFn = Callable[[jax.Array, Any, jax.Array, Any], tuple[jax.Array, Any, jax.Array, jax.Array, dict]]
@@ -81,6 +83,7 @@ def reset_envs(env_reset: ResetFn, env_params, key: jax.Array, num_envs: int) ->
     """Reset `num_envs` environments with independent keys."""
     key, sub = jax.random.split(key)
     obs, env_state = jax.vmap(env_reset, in_axes=(0, None))(jax.random.split(sub, num_envs), env_params)
+    obs, env_state = constrain_batch((obs, env_state))  # parallel episodes over the mesh's devices (if any)
     return RolloutState(env_state=env_state, obs=obs, key=key)
 
 
@@ -112,6 +115,7 @@ def rollout(apply_fn: ApplyFn, params, env_step: StepFn, env_params, runner_stat
         env_keys = jax.random.split(k_env, num_envs) if per_env_keys else k_env
         obs, env_state, reward, done, info = vstep(env_keys, carry.env_state, action, env_params)
         done = jnp.asarray(done, jnp.bool_)
+        obs, env_state = constrain_batch((obs, env_state))
         tr = Transition(obs=carry.obs, action=action, log_prob=log_prob, value=value,
                         reward=jnp.asarray(reward, jnp.float32), done=done, **_episode_info(info, done))
         return RolloutState(env_state=env_state, obs=obs, key=key), tr

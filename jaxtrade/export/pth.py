@@ -4,7 +4,7 @@ A `.pth` file is `torch.save` of a plain dict that loads with `torch.load(f, wei
 
     {"state_dict": {name: float32 tensor},
      "config": {"format": "jaxtrade.pth", "format_version": 1, "jaxtrade_version": "0.1.0",
-                "architecture": "actor_critic" | "moe_actor_critic",
+                "architecture": "actor_critic" | "moe_actor_critic" | "ensemble",
                 "network": {...},                        # see `network_config` (the same dict the Orbax meta holds)
                 "observation": {"obs_names": [...], "obs_dim": D},
                 "scaler": Scaler.to_dict() or None,      # feature scaling (observations are already scaled)
@@ -19,14 +19,16 @@ State-dict names mirror the Flax parameter names, one `nn.Linear` per `nn.Dense`
 `gate_0.bias`, `gate_out.weight`, `gate_out.bias`) and unstacks the experts (stacked on a leading expert axis
 in Flax, `experts/actor_0/kernel [E, in, out]`) into one sub-module per expert: `experts.{e}.actor_0.weight`,
 ..., `experts.{e}.critic_out.bias`. The rule in one line: Flax path joined by ".", `experts` index inserted.
-All tensors are float32.
+An ensemble (`jaxtrade.ensemble.Ensemble`, parameters stacked on a leading member axis) holds every member, each
+under its own prefix: `members.{m}.` + the member's names (`members.0.actor_0.weight`, ...,
+`members.3.experts.1.critic_out.bias`). All tensors are float32.
 
 Entry points (this module: the format; `torch_modules`: the PyTorch reference modules):
     export_pth(path, params, network, *, symbol, stage, obs_names, scaler=None, metrics=None, extra=None,
                env_config=None)
     load_pth(path) -> (state_dict {name: np.ndarray}, config)
     params_from_pth(path) -> (flax variables {"params": ...}, flax module, config)
-    network_config(network) -> dict / network_from_config(config) -> flax module
+    network_config(network) -> dict / network_from_config(config) -> flax module   (`netconfig`)
 Loading a model as a policy (a `.pth` or an Orbax stage directory) is `jaxtrade.policies.load_model` /
 `load_policy`, the one loader. PyTorch is imported lazily: `jaxtrade` (and this module) import without it.
 """
@@ -34,7 +36,6 @@ Loading a model as a policy (a `.pth` or an Orbax stage directory) is `jaxtrade.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -42,16 +43,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtrade import atomic, networks as N
+from jaxtrade import atomic
+from jaxtrade.ensemble import Ensemble
 from jaxtrade.errors import InputError
+from jaxtrade.export.netconfig import (ARCH_ACTOR_CRITIC, ARCH_ENSEMBLE, ARCH_MOE, architecture_of,  # noqa: F401
+                                       network_config, network_from_config)
 from jaxtrade.jsonio import to_json
 
 FORMAT = "jaxtrade.pth"
 FORMAT_VERSION = 1
 TORCH_HINT = "pip install torch==2.13.0"
-
-ARCH_ACTOR_CRITIC = "actor_critic"
-ARCH_MOE = "moe_actor_critic"
 
 
 def _jaxtrade_version() -> str:
@@ -75,68 +76,6 @@ def _import_torch():
     except ImportError:
         raise InputError(f"PyTorch is needed to read or write .pth files: {TORCH_HINT}") from None
     return torch
-
-
-# ------------------------------------------------------------------------------------- network config
-
-def _architecture_of(network) -> str:
-    if isinstance(network, N.MoEActorCritic):
-        return ARCH_MOE
-    if isinstance(network, N.ActorCritic):
-        return ARCH_ACTOR_CRITIC
-    raise TypeError(f"cannot export a {type(network).__name__}: only ActorCritic and MoEActorCritic are supported")
-
-
-def _module_fields(network) -> dict:
-    skip = {"parent", "name"}
-    return {f.name: getattr(network, f.name) for f in dataclasses.fields(network)
-            if f.init and f.name not in skip}
-
-
-def network_config(network, obs_dim: int | None = None) -> dict:
-    """The network's constructor arguments as plain Python, plus `architecture` (and `obs_dim` when given).
-
-    Keys (also what the Orbax stage meta must hold under "network"; write it with this function):
-      actor_critic:      architecture="actor_critic", num_actions (int), hidden_sizes (list of int),
-                         activation (str), obs_dim (int)
-      moe_actor_critic:  architecture="moe_actor_critic", num_actions, num_experts, expert_hidden_dim,
-                         gating_hidden_dim (int), gating_temperature (float), activation (str),
-                         expert_num_layers (int), obs_dim (int)
-    i.e. every constructor field of the module. `obs_dim` is optional for `network_from_config` (it is inferred
-    from the parameters) but should be written; missing fields take the module's defaults; unknown ones are an
-    error.
-    """
-    cfg = {"architecture": _architecture_of(network)}
-    cfg.update(to_json(_module_fields(network), "network"))
-    if obs_dim is not None:
-        cfg["obs_dim"] = int(obs_dim)
-    return cfg
-
-
-def network_from_config(config: Mapping) -> Any:
-    """Rebuild the Flax module from `network_config`'s dict (or a whole .pth config / Orbax meta holding it
-    under "network"). Unknown keys other than `architecture` and `obs_dim` are an error, so a config written by
-    a newer network does not silently build a different one."""
-    if "network" in config and isinstance(config["network"], Mapping):
-        config = config["network"]
-    arch = config.get("architecture", ARCH_ACTOR_CRITIC)
-    if arch == ARCH_ACTOR_CRITIC:
-        cls = N.ActorCritic
-    elif arch == ARCH_MOE:
-        cls = N.MoEActorCritic
-    else:
-        raise InputError(f"unknown network architecture {arch!r} (expected {ARCH_ACTOR_CRITIC!r} or {ARCH_MOE!r})")
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")}
-    kwargs = {}
-    for k, v in config.items():
-        if k in ("architecture", "obs_dim"):
-            continue
-        if k not in fields:
-            raise InputError(f"network config: {cls.__name__} has no field {k!r}")
-        kwargs[k] = tuple(v) if isinstance(v, list) else v
-    if "num_actions" not in kwargs:
-        raise InputError("network config: 'num_actions' is missing")
-    return cls(**kwargs)
 
 
 # ------------------------------------------------------------------------------------- params <-> state dict
@@ -187,13 +126,20 @@ def _torch_to_dense(name: str, arr: np.ndarray) -> tuple[tuple, np.ndarray]:
 EXPERTS = "experts"  # the Flax sub-tree whose parameters are stacked on a leading expert axis
 
 
+MEMBERS = "members"  # an ensemble's members, each under `members.{m}.`
+
+
 def state_dict_from_params(params, network=None) -> dict[str, np.ndarray]:
     """Flax parameters (`{"params": ...}` or the inner dict) -> {PyTorch name: float32 array}.
 
     Names are the Flax module path joined by "." plus `weight` (kernel transposed) or `bias`; the stacked
     `experts` sub-tree of the mixture of experts is unstacked: `experts/actor_0/kernel[e]` ->
-    `experts.{e}.actor_0.weight`. `network` is accepted for symmetry and not needed."""
-    del network
+    `experts.{e}.actor_0.weight`. An `Ensemble` `network` (stacked members) gives `members.{m}.` + member m's
+    names."""
+    if isinstance(network, Ensemble):
+        params = jax.tree.map(np.asarray, params)
+        return {f"{MEMBERS}.{m}.{k}": v for m in range(network.num_members)
+                for k, v in state_dict_from_params(jax.tree.map(lambda x: x[m], params)).items()}
     out: dict[str, np.ndarray] = {}
     for path, leaf in _flatten(_unwrap(params)).items():
         if path[0] == EXPERTS:
@@ -207,9 +153,23 @@ def state_dict_from_params(params, network=None) -> dict[str, np.ndarray]:
 
 
 def params_from_state_dict(state_dict: Mapping[str, Any], config: Mapping | None = None) -> dict:
-    """Inverse of `state_dict_from_params`: -> flax variables `{"params": {...}}` of float32 numpy arrays
-    (`config` is accepted for symmetry; the names carry the structure)."""
+    """Inverse of `state_dict_from_params`: -> flax variables `{"params": {...}}` of float32 numpy arrays (for an
+    ensemble, the members' stacked on a leading axis). `config` is accepted for symmetry; the names carry the
+    structure."""
     del config
+    if any(str(k).startswith(MEMBERS + ".") for k in state_dict):
+        by_member: dict[int, dict] = {}
+        for name, value in state_dict.items():
+            head, m, rest = (str(name).split(".", 2) + ["", ""])[:3]
+            if head != MEMBERS or not m.isdigit() or not rest:
+                raise InputError(f"unexpected state-dict entry {name!r} in an ensemble (expected members.{{m}}.<name>)")
+            by_member.setdefault(int(m), {})[rest] = value
+        if sorted(by_member) != list(range(len(by_member))):
+            raise InputError(f"state dict: ensemble members {sorted(by_member)} are not 0..M-1")
+        members = [params_from_state_dict(by_member[m]) for m in range(len(by_member))]
+        if len({jax.tree.structure(p) for p in members}) != 1:
+            raise InputError("state dict: the ensemble's members do not share one architecture")
+        return jax.tree.map(lambda *xs: np.stack(xs), *members)
     tree: dict = {}
     stacked: dict[tuple, dict[int, np.ndarray]] = {}
     for name, value in state_dict.items():
@@ -256,11 +216,12 @@ def _unwrap_abstract(variables) -> dict:
 
 
 def infer_obs_dim(params) -> int:
-    """Input width of the network: the first layer's kernel (`gate_0`, `actor_0` or `actor_out`)."""
+    """Input width of the network: the first layer's kernel (`gate_0`, `actor_0` or `actor_out`; `[..., in, out]`,
+    an ensemble's with a leading member axis)."""
     inner = _unwrap(params)
     for first in ("gate_0", "actor_0", "actor_out"):
         if first in inner:
-            return int(np.shape(inner[first]["kernel"])[0])
+            return int(np.shape(inner[first]["kernel"])[-2])
     raise InputError(f"cannot tell the observation size from parameters {sorted(inner)}")
 
 

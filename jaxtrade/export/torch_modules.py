@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from jaxtrade.errors import InputError
-from jaxtrade.export.pth import ARCH_ACTOR_CRITIC, ARCH_MOE, _load_raw, _validate, obs_dim_of
+from jaxtrade.export.pth import ARCH_ACTOR_CRITIC, ARCH_ENSEMBLE, ARCH_MOE, _load_raw, _validate, obs_dim_of
 
 
 def _activation(name: str):
@@ -128,7 +128,46 @@ class TorchMoEActorCritic(PolicyMixin, nn.Module):
         return d["logits"], d["value"]
 
 
-MODULES = {ARCH_ACTOR_CRITIC: TorchActorCritic, ARCH_MOE: TorchMoEActorCritic}
+class TorchEnsemble(PolicyMixin, nn.Module):
+    """`jaxtrade.ensemble.Ensemble` in PyTorch: `members` (an `nn.ModuleList`, so state-dict names are
+    `members.{m}.` + the member's own) acting by the config's rule. forward(obs) -> (scores [..., A], mean value):
+    `mean`: scores = log of the mean of the members' softmax probabilities; `vote`: scores = votes + mean
+    probability / (2 M), so the most votes win and the mean probability breaks a tie (then the lowest index).
+    `action_probs(obs)`: the mean probabilities (`mean`) or the vote shares (`vote`)."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        net = config["network"]
+        self.config = config
+        self.rule = str(net.get("rule", "mean"))
+        member = dict(net["member"])
+        member_arch = member.get("architecture", ARCH_ACTOR_CRITIC)
+        if member_arch not in (ARCH_ACTOR_CRITIC, ARCH_MOE):
+            raise InputError(f"ensemble: no PyTorch module for member architecture {member_arch!r}")
+        member_config = dict(config, network=dict(member, obs_dim=obs_dim_of(config)))
+        self.members = nn.ModuleList(MODULES[member_arch](member_config) for _ in range(int(net["num_members"])))
+
+    def rule_outputs(self, obs):
+        outs = [m(obs) for m in self.members]
+        logits = torch.stack([o[0] for o in outs])  # [M, ..., A]
+        probs = torch.softmax(logits, dim=-1)
+        mean_probs = probs.mean(0)
+        votes = nn.functional.one_hot(torch.argmax(logits, dim=-1), logits.shape[-1]).to(probs.dtype).sum(0)
+        value = torch.stack([o[1] for o in outs]).mean(0)
+        return mean_probs, votes, value
+
+    def forward(self, obs):
+        mean_probs, votes, value = self.rule_outputs(obs)
+        if self.rule == "mean":
+            return torch.log(mean_probs), value
+        return votes + mean_probs / (2.0 * len(self.members)), value
+
+    def action_probs(self, obs):
+        mean_probs, votes, _ = self.rule_outputs(obs)
+        return mean_probs if self.rule == "mean" else votes / len(self.members)
+
+
+MODULES = {ARCH_ACTOR_CRITIC: TorchActorCritic, ARCH_MOE: TorchMoEActorCritic, ARCH_ENSEMBLE: TorchEnsemble}
 
 
 def torch_policy(path_or_dict) -> Any:

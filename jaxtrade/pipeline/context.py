@@ -46,3 +46,18 @@ class SymbolContext:
 
     def backtest(self, policy, split: str) -> B.BacktestResult:
         return self.backtest_many([policy], split)[0]
+
+    def data_record(self) -> dict:
+        """summary.json's `data`: the processed file, its sessions and each split's first and last session date,
+        and the training split's feature scaling (what `experiments.retrain` needs to know which sessions are new
+        and to feed a model the observations it trained on)."""
+        m = self.market
+
+        def day(i: int) -> str:
+            return str(m.session_dates[i])
+
+        splits = {name: {"first_session": day(lo), "last_session": day(hi - 1), "sessions": hi - lo}
+                  for name, (lo, hi) in m.splits.items() if name != "all" and hi > lo}
+        return {"file": str(m.path), "bar_minutes": int(m.bar_minutes), "sessions": m.num_sessions,
+                "first_session": day(0), "last_session": day(m.num_sessions - 1), "splits": splits,
+                "scaler": m.scaler.to_dict()}

@@ -1,9 +1,13 @@
 """The sequence's closing report: every symbol's final model (and each stage, and the baselines) backtested on the
-report split under the run's market rules, the seed guide's targets, and the MoE's expert-by-regime table."""
+report split under the run's market rules, the seed guide's targets, the MoE's expert-by-regime table, what early
+stopping kept (and from how many evaluations), and with `--seeds N` the ensemble beside each member."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+import numpy as np
 
 from jaxtrade import atomic, gates as G, policies, report
 from jaxtrade.config import SequenceConfig
@@ -11,10 +15,12 @@ from jaxtrade.evaluation import regimes
 from jaxtrade.pipeline.stages import expert_regimes, fmt
 
 
-def write_report(cfg: SequenceConfig, contexts, stage_models, final_models, out) -> Path:
-    """Backtest the final model (and each stage, and the baselines) on the report split of every symbol."""
+def write_report(cfg: SequenceConfig, contexts, stage_models, final_models, out, member_sections=None) -> Path:
+    """Backtest the final model (and each stage, and the baselines) on the report split of every symbol;
+    `member_sections`: symbol -> `members.report_members` (the ensemble and its members, with `--seeds N`)."""
     out_dir = Path(cfg.run.output_dir)
-    per_symbol, regime_sections = [], []
+    per_symbol, regime_sections, extra_sections = [], [], []
+    member_sections = member_sections or {}
     split = cfg.run.report_split
     for symbol, (network, params, best) in final_models.items():
         ctx = contexts[symbol]
@@ -27,6 +33,8 @@ def write_report(cfg: SequenceConfig, contexts, stage_models, final_models, out)
         main, *others = ctx.backtest_many(pols, split)
         report.write_symbol_outputs(main, others, out_dir / symbol)
         per_symbol.append((main, others))
+        if symbol in member_sections:
+            extra_sections.append(members_section(ctx, split, member_sections[symbol]))
         table = None
         if "moe" in stage_models[symbol]:
             net, prm = stage_models[symbol]["moe"]
@@ -40,10 +48,10 @@ def write_report(cfg: SequenceConfig, contexts, stage_models, final_models, out)
                                                     adaptation=tearsheet.summary_adaptation(summary)):
                 out.write(f"note: {notice}\n")
     header = [f"run {cfg.run.run_name}; split {split}; stages {','.join(cfg.run.stages)}",
-              seed_targets_section(per_symbol)]
+              seed_targets_section(per_symbol), *early_stopping_lines(cfg, final_models)]
     text = report.render_report(per_symbol, header_lines=header)
-    if regime_sections:
-        text += "\n" + "\n\n".join(regime_sections) + "\n"
+    if regime_sections or extra_sections:
+        text += "\n" + "\n\n".join(extra_sections + regime_sections) + "\n"
     path = Path(cfg.run.report_file) if cfg.run.report_file else out_dir / f"{cfg.run.run_name}_report.txt"
     atomic.write_text(path, text)
     out.write(text)
@@ -58,3 +66,47 @@ def seed_targets_section(per_symbol) -> str:
                   for t, value, met in G.seed_target_checks(main.metrics)]
         lines.append(f"  {main.symbol} ({main.split}): " + "; ".join(checks))
     return "\n".join(lines)
+
+
+def early_stopping_lines(cfg: SequenceConfig, symbols) -> list[str]:
+    """What early stopping kept, per symbol and stage, with the number of evaluations it chose from."""
+    lines = []
+    for symbol in symbols:
+        path = Path(cfg.run.checkpoint_dir) / cfg.run.run_name / symbol / "summary.json"
+        stages = json.loads(path.read_text()).get("stages", {}) if path.exists() else {}
+        members = json.loads(path.read_text()).get("members", {}) if path.exists() else {}
+        for stage, rec in stages.items():
+            es = rec.get("early_stopping")
+            if es and stage in cfg.run.stages:
+                lines.append(f"  {symbol} {stage}: {es['why']}")
+            for m in (members.get(stage) or [])[1:]:  # the other seeds' members (--seeds N)
+                if m.get("early_stopping") and stage in cfg.run.stages:
+                    lines.append(f"  {symbol} {stage} seed {m.get('seed')}: {m['early_stopping']['why']}")
+    if lines:
+        lines.insert(0, f"Early stopping (--eval_every {cfg.run.eval_every}; validation {cfg.run.final_metric} "
+                        f"evaluated on device; the kept iteration's validation score is the best of that many, so "
+                        f"it is optimistic):")
+    return lines
+
+
+MEMBER_KEYS = ("sharpe", "total_return", "max_drawdown", "win_rate", "profit_factor", "num_trades")
+
+
+def members_section(ctx, split: str, info: dict) -> str:
+    """The ensemble beside each member on `split`, and the members' interval (min..max) and mean."""
+    ens_net, ens_params = info["ensemble"]
+    pols = [policies.network_policy(ens_net, ens_params, "ensemble")]
+    pols += [policies.network_policy(net, prm, f"seed {seed}") for seed, net, prm in info["members"]]
+    results = ctx.backtest_many(pols, split)
+    rows = []
+    for key in MEMBER_KEYS:
+        vals = [r.metrics.get(key) for r in results]
+        nums = [v for v in vals[1:] if v is not None]
+        interval = f"{report.fmt(key, min(nums))} .. {report.fmt(key, max(nums))}" if nums else "n/a"
+        mean = report.fmt(key, float(np.mean(nums))) if nums else "n/a"
+        rows.append([report.LABELS.get(key, key), *(report.fmt(key, v) for v in vals), interval, mean])
+    header = ["metric", f"ensemble ({info['rule']})", *(f"seed {seed}" for seed, _, _ in info["members"]),
+              "members min .. max", "members mean"]
+    n = len(info["members"])
+    return (f"== {ctx.symbol}: the {info['stage']} stage's {n} seeds and their ensemble, {split} split ==\n\n"
+            + report.table(header, rows))

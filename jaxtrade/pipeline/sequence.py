@@ -3,14 +3,18 @@
 For each symbol and each configured stage, in order, `train_stage.run_stage` trains (or resumes, or skips) the
 stage, judges it on validation and applies the progression rule; the stage's `{symbol}_{stage}.pth` is exported
 and recorded in `summary.json`. Then the final model (`final.select_final`: the best stage on validation by
-`final_metric`) is exported as `{symbol}_final_model.pth`, and every symbol is backtested on the test split
-into one report (`reporting`). Every file records the run's whole `EnvConfig`.
+`final_metric`; or, with `--seeds N --final_model=ensemble`, the ensemble of one stage's N members, `members`) is
+exported as `{symbol}_final_model.pth`, and every symbol is backtested on the test split into one report
+(`reporting`). Every file records the run's whole `EnvConfig`; summary.json also records the data the run saw.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,11 +22,11 @@ from typing import Any
 import jax
 from absl import logging
 
-from jaxtrade import atomic, data as D, env as E, export
+from jaxtrade import atomic, data as D, env as E, export, sharding
 from jaxtrade.config import SequenceConfig
 from jaxtrade.errors import GateFailure, InputError, StopRequested
 from jaxtrade.jsonio import write_json_atomic
-from jaxtrade.pipeline import final, preemption, reporting
+from jaxtrade.pipeline import final, members, preemption, reporting
 from jaxtrade.pipeline.context import SymbolContext
 from jaxtrade.pipeline.stages import STAGE_FILES
 from jaxtrade.pipeline.train_stage import run_stage
@@ -38,8 +42,9 @@ def resolve_symbols(cfg: SequenceConfig, out=sys.stdout) -> list[str]:
         from data_tools.synth import ensure_default_data
 
         raw = Path(run.raw_data_dir)
-        if not raw.is_dir() or not any(raw.iterdir()) or set(wanted) <= defaults:
+        if (not raw.is_dir() or not any(raw.iterdir()) or set(wanted) <= defaults) and sharding.is_writer():
             ensure_default_data(raw, processed, out=out)
+        sharding.sync("default data ready")
         have = set(D.list_symbols(processed))
     cross = cfg.maml.cross_symbol
     if "maml" in run.stages and cross and have and cross not in have:  # checked now, not after stages 1 and 2
@@ -72,6 +77,7 @@ def _run_sequence(cfg: SequenceConfig, out) -> int:
     symbols = resolve_symbols(cfg, out=out)
     # torch is an optional extra: without it the run trains, checkpoints (Orbax) and reports, and says that the
     # PyTorch exports were skipped instead of failing after the first stage.
+    writer = sharding.is_writer()  # over several hosts every process trains; process 0 writes the files
     can_export = export.torch_available()
     if not can_export and (cfg.run.save_stage_models or cfg.run.keep_best_models):
         msg = (f"PyTorch is not installed: the .pth exports are skipped (Orbax checkpoints and reports are still "
@@ -87,6 +93,7 @@ def _run_sequence(cfg: SequenceConfig, out) -> int:
     final_models: dict[str, tuple[Any, Any, str]] = {}
     contexts: dict[str, SymbolContext] = {}
     stage_models: dict[str, dict[str, tuple[Any, Any]]] = {}
+    member_sections: dict[str, dict] = {}
     for i, symbol in enumerate(symbols):
         ctx = SymbolContext(cfg, symbol)
         contexts[symbol] = ctx
@@ -98,8 +105,10 @@ def _run_sequence(cfg: SequenceConfig, out) -> int:
         summary_path = run_dir / symbol / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.exists() and not cfg.run.overwrite else {}
         summary.update({"symbol": symbol, "run": cfg.run.run_name, "synthetic": ctx.market.synthetic,
-                        "config": cfg.to_dict(), "stages": summary.get("stages", {})})
+                        "config": cfg.to_dict(), "stages": summary.get("stages", {}), "data": ctx.data_record()})
         prev = None
+        stage_members: dict[str, list[dict]] = {}
+        member_prevs: list = [None] * (cfg.run.seeds - 1)
         records: dict[str, dict] = {}
         stage_models[symbol] = {}
         sym_key = jax.random.fold_in(key, i)
@@ -113,14 +122,20 @@ def _run_sequence(cfg: SequenceConfig, out) -> int:
             records[stage] = rec
             summary["stages"][stage] = rec
             stage_models[symbol][stage] = (result["network"], result["params"])
-            if cfg.run.save_stage_models and can_export:
+            if cfg.run.save_stage_models and can_export and writer:
                 path = models_dir / f"{symbol}_{STAGE_FILES[stage]}.pth"
                 export.export_pth(path, result["params"], result["network"], symbol=symbol, stage=stage,
                                   obs_names=list(E.OBS_NAMES), scaler=ctx.market.scaler.to_dict(),
                                   metrics=rec["validation"], env_config=cfg.env.to_dict(),
                                   extra={"gate_passed": rec["gate_passed"], "iterations": rec["iterations"]})
                 rec["model_file"] = str(path)
-            write_json_atomic(summary_path, summary)
+            if cfg.run.seeds > 1:  # the other seeds' members of this stage (members.py)
+                extra = members.train_members(cfg, ctx, stage, member_prevs, i, j)
+                member_prevs = [r["params"] for r in extra]
+                stage_members[stage] = [result, *extra]
+                summary.setdefault("members", {})[stage] = members.member_records(cfg, stage_members[stage])
+            if writer:
+                write_json_atomic(summary_path, summary)
             prev = result["params"]
             if not rec["gate_passed"] and cfg.progression.on_fail == "stop":
                 failed_stop.append(f"{symbol} {stage}: {'; '.join(rec['gate_failures'])}")
@@ -129,7 +144,13 @@ def _run_sequence(cfg: SequenceConfig, out) -> int:
                 out.write(f"{symbol}: auto_progression is off; stopping after {stage}. Run the same command "
                           f"again to go on to {cfg.run.stages[j + 1]}.\n")
                 break
-        if records and cfg.run.keep_best_models:
+        if stage_members and cfg.run.keep_best_models and cfg.run.final_model == "ensemble":
+            chosen, summary["final_model"] = members.final_ensemble(cfg, ctx, stage_members, models_dir, can_export)
+            final_models[symbol] = (chosen["network"], chosen["params"], f"ensemble of {cfg.run.seeds} {chosen['stage']}")
+            member_sections[symbol] = members.report_members(cfg, chosen["stage"], stage_members[chosen["stage"]])
+            write_json_atomic(summary_path, summary)
+            out.write(f"{symbol}: final model = {chosen['why']} -> {summary['final_model']['file'] or summary['final_model']['checkpoint']}\n")
+        elif records and cfg.run.keep_best_models:
             # Stages finished by an earlier command (say `--stages ppo,moe,maml`, then `--stages ppo`) compete too:
             # the final model is the best of every finished stage, not of this command's.
             candidates, earlier = dict(records), {}
@@ -141,7 +162,7 @@ def _run_sequence(cfg: SequenceConfig, out) -> int:
             best, why = final.select_final(candidates, cfg.run.final_metric)
             network, params = stage_models[symbol][best] if best in stage_models[symbol] else earlier[best]
             path = models_dir / f"{symbol}_final_model.pth"
-            if can_export:
+            if can_export and writer:
                 export.export_pth(path, params, network, symbol=symbol, stage="final", obs_names=list(E.OBS_NAMES),
                                   scaler=ctx.market.scaler.to_dict(), metrics=candidates[best]["validation"],
                                   env_config=cfg.env.to_dict(), extra={"selected_stage": best, "why": why})
@@ -149,12 +170,22 @@ def _run_sequence(cfg: SequenceConfig, out) -> int:
                                       "file": str(path) if can_export else None,
                                       "checkpoint": candidates[best].get("checkpoint")}
             final_models[symbol] = (network, params, best)
-            write_json_atomic(summary_path, summary)
+            if best in stage_members:
+                member_sections[symbol] = members.report_members(cfg, best, stage_members[best])
+            if writer:
+                write_json_atomic(summary_path, summary)
             where = path if can_export else f"{candidates[best].get('checkpoint')} (Orbax; no .pth without PyTorch)"
             out.write(f"{symbol}: final model = {best} stage ({why}) -> {where}\n")
     if cfg.run.generate_reports and final_models:
-        report_path = reporting.write_report(cfg, contexts, stage_models, final_models, out)
-        out.write(f"report: {report_path}\n")
+        # Every process computes the report (its programs span them all); only process 0's lands in output_dir.
+        with tempfile.TemporaryDirectory() as scratch:
+            run = cfg.run if writer else dataclasses.replace(cfg.run, output_dir=scratch, report_file="")
+            report_path = reporting.write_report(dataclasses.replace(cfg, run=run), contexts, stage_models,
+                                                 final_models, out if writer else io.StringIO(),
+                                                 member_sections)
+        if writer:
+            out.write(f"report: {report_path}\n")
+    sharding.sync("outputs written")
     out.write(f"sequence finished in {time.perf_counter() - t_start:.1f} s; models in {models_dir}\n")
     out.flush()
     if failed_stop:

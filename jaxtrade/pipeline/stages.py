@@ -24,6 +24,7 @@ from jaxtrade.evaluation import adaptation, regimes
 from jaxtrade.jsonio import to_json
 from jaxtrade.pipeline.context import SymbolContext
 from jaxtrade.policies import network_policy
+from jaxtrade.sharding import is_writer
 
 STAGE_FILES = {"ppo": "ppo_stage1", "moe": "moe_stage2", "maml": "maml_stage3_final"}
 # The config groups a stage's training depends on (its gate is judged afresh from the record, not stored here).
@@ -35,14 +36,15 @@ def stage_dir(cfg: SequenceConfig, symbol: str, stage: str) -> Path:
 
 
 def stage_settings(cfg: SequenceConfig, stage: str) -> dict:
-    """What trained `stage`, JSON-normalised: its config groups less `num_iterations` (a larger budget is not a
-    different run), the seed and, after stage 1, transfer_learning."""
+    """What trained `stage`, JSON-normalised: its config groups less the budget (`num_iterations`, and the early
+    stopping patience: a larger budget is not a different run), the seed and, after stage 1, transfer_learning."""
     settings: dict[str, Any] = {"seed": cfg.run.seed}
     if stage != "ppo":
         settings["transfer_learning"] = cfg.run.transfer_learning
     for group in STAGE_SETTINGS[stage]:
         fields = dataclasses.asdict(cfg.groups[group])
         fields.pop("num_iterations", None)
+        fields.pop("early_stopping_patience", None)
         settings[group] = fields
     return json.loads(json.dumps(to_json(settings)))
 
@@ -145,7 +147,8 @@ def expert_regimes(network, params, ctx: SymbolContext, split: str, png_path: Pa
     """Which expert leads in which market condition (volatility terciles x trend) on `split`, with a heat-map PNG
     beside the MoE checkpoints."""
     table = regimes.expert_regime_table(network, params, ctx.market, split=split, env_params=ctx.eval_params(split))
-    regimes.plot_expert_regimes(table, png_path)
+    if is_writer():
+        regimes.plot_expert_regimes(table, png_path)
     table["heatmap"] = str(png_path) if png_path.exists() else None
     return table
 

@@ -4,46 +4,67 @@
      unfinished one resumes from its latest Orbax checkpoint (refused when it was trained with other settings);
   2. train through the shared `agents.base.Runner` in chunks of `checkpoint_every` iterations, saving a
      checkpoint after each, with the progress line and the training curves (`metrics.jsonl`, and TensorBoard or
-     W&B with `--log_backend`) every `log_every` iterations;
+     W&B with `--log_backend`) every `log_every` iterations; with
+     `--eval_every K`, also evaluate on validation every K iterations and stop early after
+     `--{stage}.early_stopping_patience` evaluations without improvement (`early_stop`);
   3. judge the stage on validation (`stages.judge`); on a failed gate apply the progression rule (`continue`,
      `extend` by `extension_chunk` iterations up to `max_extension_iterations`, optionally halving the learning
      rate, a hyperparameter leaf, or `stop`, which the sequence reports);
-  4. save the finished stage with its record (summary.json's entry) and the whole `EnvConfig` it trained under.
+  4. save the finished stage with its record (summary.json's entry) and the whole `EnvConfig` it trained under;
+     its `params` item is the policy the stage keeps (with early stopping, the best evaluated, not the last).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import shutil
+from pathlib import Path
 from typing import Any
 
 from absl import logging
 
+from jaxtrade import sharding
 from jaxtrade.agents.base import Runner
 from jaxtrade.checkpoints import StageCheckpointer
 from jaxtrade.config import SequenceConfig
 from jaxtrade.errors import InputError, NumericalFault, StopRequested
+from jaxtrade.evaluation.on_device import SplitEvaluator
 from jaxtrade.export import network_config
 from jaxtrade.metric_log import open_writer
 from jaxtrade.pipeline import preemption, stages as S
 from jaxtrade.pipeline.context import SymbolContext
+from jaxtrade.pipeline.early_stop import EarlyStopping
 from jaxtrade.pipeline.progress import StageLogger
 
 
-def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, key) -> dict:
-    """Returns {"record": summary.json's entry, "params": the stage's policy parameters, "network": its module}."""
+def early_stopping_for(cfg: SequenceConfig, ctx: SymbolContext, stage: str, network) -> EarlyStopping | None:
+    """The stage's early-stopping tracker (None without `--eval_every`)."""
+    if not cfg.run.eval_every:
+        return None
+    evaluator = SplitEvaluator.for_split(cfg.env, ctx.market, cfg.run.eval_split, cfg.run.risk_free_rate)
+    return EarlyStopping(cfg.run.eval_every, cfg.groups[stage].early_stopping_patience, cfg.run.final_metric,
+                         evaluator, network, stage, f"{ctx.symbol} {stage}")
+
+
+def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, key, directory: Path | None = None
+              ) -> dict:
+    """Returns {"record": summary.json's entry, "params": the stage's policy parameters, "network": its module}.
+    `directory`: the stage's checkpoint directory (default `stages.stage_dir`; another seed's member has its own)."""
     import jax
 
     symbol = ctx.symbol
-    directory = S.stage_dir(cfg, symbol, stage)
-    if cfg.run.overwrite and directory.exists():
+    directory = S.stage_dir(cfg, symbol, stage) if directory is None else Path(directory)
+    writes = sharding.is_writer()  # over several hosts, process 0 writes (Orbax coordinates its own saves)
+    if cfg.run.overwrite and directory.exists() and writes:
         shutil.rmtree(directory)
+    sharding.sync(f"{directory} cleared")
     directory.mkdir(parents=True, exist_ok=True)
     jsonl = directory / "metrics.jsonl"
     prog = cfg.progression
     spec = S.build_stage(cfg, ctx, stage, prev_params)
     trainer = spec.trainer
     ckpt = StageCheckpointer(directory, keep=cfg.run.keep_checkpoints) if cfg.run.save_checkpoints else None
+    es = early_stopping_for(cfg, ctx, stage, trainer.network)
     writer = None
     try:
         _, k_stage = jax.random.split(key)  # the stream earlier versions drew (runs stay reproducible)
@@ -60,8 +81,13 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
                                  f"retrain it, or use another --run_name")
 
         # The newest checkpoint that reads back whole (an unreadable one is set aside with a warning naming it).
-        found = ckpt.restore_latest({"params": trainer.params_of(state), "runner": state}, same_settings) \
-            if ckpt else None
+        def template(meta):
+            t = {"params": trainer.params_of(state), "runner": state}
+            if (meta.get("early_stopping") or {}).get("best_iteration") is not None:
+                t["best_params"] = trainer.params_of(state)
+            return t
+
+        found = ckpt.restore_latest(template, same_settings) if ckpt else None
         latest = None if found is None else found[0]
         if found is not None:
             _, restored, meta = found
@@ -78,39 +104,62 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
                              stage, done)
                 record = dict(meta["record"])
                 record["resumed"] = "skipped (finished earlier)"
-                return {"record": record, "params": trainer.params_of(state), "network": trainer.network}
+                return {"record": record, "params": sharding.fetch(restored["params"]), "network": trainer.network}
+            if es is not None and meta.get("early_stopping"):
+                es.restore(meta["early_stopping"], restored.get("best_params"))
             logging.info("%s %s: resuming from checkpoint at iteration %d of %d", symbol, stage, done, target)
         planned = int(meta.get("planned_iterations", spec.iterations)) if meta else spec.iterations
         # A fresh start drops the curves of a run that never checkpointed; a resumed one keeps them up to its
         # checkpoint and appends.
-        writer = open_writer(cfg.run.log_backend, directory.parent.parent, f"{symbol}/{stage}", jsonl_path=jsonl,
-                             extra={"symbol": symbol, "stage": stage}, config=cfg.to_dict(),
-                             resume_at=None if latest is None else done)
+        writer = None if not writes else open_writer(  # over several hosts, process 0 logs
+            cfg.run.log_backend, directory.parent.parent, f"{symbol}/{stage}", jsonl_path=jsonl,
+            extra={"symbol": symbol, "stage": stage}, config=cfg.to_dict(), resume_at=None if latest is None else done)
         logger = StageLogger(symbol, stage, target, writer)
         runner = Runner(callback=logger, log_every=cfg.run.log_every)
 
-        def save(state, iterations: int, complete: bool = False, record: dict | None = None):
+        def save(state, iterations: int, complete: bool = False, record: dict | None = None, params=None):
             if ckpt is None:
                 return
             # The policy parameters are stored beside the whole runner state so that tools that only need the
             # policy (run_backtest.py --model DIR, experiments.adapt) restore them without a template.
-            ckpt.save(iterations, {"params": trainer.params_of(state), "runner": state}, {
+            tree = {"params": trainer.params_of(state) if params is None else params, "runner": state}
+            meta = {
                 "iteration": iterations, "target_iterations": target, "complete": complete, "lr_scale": lr_scale,
                 "extended": extended, "wall_s": wall + runner.wall_s, "stage": stage, "symbol": symbol,
                 "network": network_config(trainer.network), "record": record, "settings": settings,
-                "planned_iterations": planned, "env_config": cfg.env.to_dict()})
+                "planned_iterations": planned, "env_config": cfg.env.to_dict()}
+            if es is not None:  # the evaluations so far and the best parameters: a resumed stage continues them
+                meta["early_stopping"] = es.to_meta()
+                if es.best_params is not None:
+                    tree["best_params"] = es.best_params
+            ckpt.save(iterations, tree, meta)
 
         trainer = spec.with_lr_scale(lr_scale)
+        stopped = es is not None and es.should_stop
         while True:
             try:
-                state, _ = runner(trainer, state, target - done, chunk=cfg.run.checkpoint_every, done=done,
-                                  on_chunk=lambda s, n: save(s, n), should_stop=preemption.requested)
+                if es is None:
+                    state, _ = runner(trainer, state, target - done, chunk=cfg.run.checkpoint_every, done=done,
+                                      on_chunk=lambda s, n: save(s, n), should_stop=preemption.requested)
+                    done = target
+                while es is not None and done < target and not stopped:
+                    upto = es.next_evaluation(done, target)
+                    state, _ = runner(trainer, state, upto - done, chunk=cfg.run.checkpoint_every, done=done,
+                                      on_chunk=lambda s, n: save(s, n), should_stop=preemption.requested)
+                    done = upto
+                    es.evaluate(done, trainer.params_of(state))
+                    stopped = es.should_stop
+                    if done % cfg.run.checkpoint_every == 0 and done < target and not stopped:
+                        save(state, done)
             except (NumericalFault, StopRequested) as e:
                 raise _stopped(e, symbol, stage, directory, ckpt) from None
-            done = target
-            params = trainer.params_of(state)
+            last = sharding.fetch(trainer.params_of(state))  # host copies: judging runs on each process
+            params = last if es is None else es.kept(last)
             validation, reasons, extras = S.judge(cfg, ctx, stage, trainer.network, params, done)
-            if not reasons or prog.on_fail != "extend" or extended >= prog.max_extension_iterations:
+            if stopped and reasons and prog.on_fail == "extend":
+                logging.info("%s %s: gate failed (%s); not extended: early stopping found no improvement", symbol,
+                             stage, "; ".join(reasons))
+            if not reasons or prog.on_fail != "extend" or extended >= prog.max_extension_iterations or stopped:
                 break
             chunk = min(prog.extension_chunk, prog.max_extension_iterations - extended)
             extended += chunk
@@ -132,10 +181,12 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
             "gate_passed": not reasons, "gate_failures": reasons, "learning_rate_scale": lr_scale,
             "checkpoint": str(directory), "settings": settings, **extras,
         }
+        if es is not None:
+            record["early_stopping"] = es.record(done, target, stopped)
         if stage == "moe":
             record["expert_regimes"] = S.expert_regimes(trainer.network, params, ctx, cfg.run.eval_split,
                                                         directory / "expert_regimes.png")
-        save(state, done, True, record)
+        save(state, done, True, record, params)
         S.log_result(symbol, stage, done, wall, validation, not reasons, reasons)
         return {"record": record, "params": params, "network": trainer.network}
     finally:
