@@ -6,7 +6,6 @@ metadata, written atomically; reading that metadata back; which raw symbols earl
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Optional
@@ -18,6 +17,7 @@ import pyarrow.parquet as pq
 from data_tools.naming import safe_name, stale_candidates
 from data_tools.session import IST
 from data_tools.summary import SymbolSummary
+from jaxtrade import atomic
 
 OUTPUT_SCHEMA = pa.schema([
     ("timestamp", pa.timestamp("ns", tz=IST)),
@@ -46,20 +46,10 @@ def remove_quietly(path: Path) -> None:
 
 def write_processed(table: pa.Table, summary: SymbolSummary) -> None:
     """Write atomically: a hidden temporary file in the same directory, flushed to disk, then renamed over the
-    output (os.replace), so that a crash leaves the earlier file or none, never a partial one under the name."""
+    output (`jaxtrade.atomic`), so that a crash leaves the earlier file or none, never a partial one under the name."""
     meta = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in summary.metadata().items()}
     table = table.replace_schema_metadata({k.encode(): v.encode() for k, v in meta.items()})
-    out = Path(summary.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            pq.write_table(table, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    finally:
-        remove_quietly(tmp)
+    atomic.write_parquet(table, summary.output)
 
 
 def read_processed_metadata(path) -> dict:

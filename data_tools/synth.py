@@ -53,6 +53,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jaxtrade import atomic
+
 SESSION_MINUTES = 375                      # 09:15 .. 15:30
 IST_OFFSET_S = 19_800
 OPEN_MIN = 9 * 60 + 15
@@ -312,10 +314,7 @@ def planted_market(market: str, seed: int = 0, years: float = 1.0, options: Plan
 
 def _write_raw(path: Path, cols: dict, meta: dict) -> Path:
     table = pa.table({k: pa.array(v) for k, v in cols.items()}).replace_schema_metadata(meta)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    tmp.replace(path)
-    return path
+    return atomic.write_parquet(table, path, compression="zstd")
 
 
 def generate(raw_dir="data/raw", seed: int = 0, years: float = 3, market: str = "default",

@@ -35,6 +35,7 @@ from absl import app, flags
 from experiments import bench_suite
 from experiments.bench_programs import bench_env_params
 from jaxtrade import cli
+from jaxtrade import atomic
 from jaxtrade.env import EnvConfig
 
 FLAGS = flags.FLAGS
@@ -74,7 +75,6 @@ def _synthetic_market_dir(directory: str, symbol: str = "SYNTH_2", num_sessions:
     """A random-walk market in the processed layout (DESIGN section 2), labelled synthetic."""
     import numpy as np
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     rng = np.random.default_rng(seed)
     n = num_sessions * bars_per_session
@@ -95,7 +95,7 @@ def _synthetic_market_dir(directory: str, symbol: str = "SYNTH_2", num_sessions:
     table = table.replace_schema_metadata({"symbol": symbol, "bar_minutes": str(bar_minutes),
                                            "source": "experiments.bench (synthetic)", "rows_in": str(n),
                                            "rows_out": str(n), "synthetic": "true"})
-    pq.write_table(table, f"{directory}/{symbol}.parquet")
+    atomic.write_parquet(table, f"{directory}/{symbol}.parquet")
     return symbol
 
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtrade import env
+from jaxtrade import atomic, env
 
 DEFAULT_SIZES = (1, 256, 4096, 16384)
 
@@ -26,7 +26,6 @@ def _random_walk_market(num_sessions=250, bars_per_session=75, seed=0):
     from pathlib import Path
 
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from jaxtrade import data
 
@@ -45,7 +44,7 @@ def _random_walk_market(num_sessions=250, bars_per_session=75, seed=0):
                       "session": np.repeat(np.arange(num_sessions), bars_per_session).astype(np.int32)})
     table = table.replace_schema_metadata({"symbol": "SYNTH_5", "bar_minutes": "5", "synthetic": "true"})
     directory = Path(tempfile.mkdtemp(prefix="jaxtrade-bench-"))
-    pq.write_table(table, directory / "SYNTH_5.parquet")
+    atomic.write_parquet(table, directory / "SYNTH_5.parquet")
     return data.load_market(directory, "SYNTH_5")
 
 

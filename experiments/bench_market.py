@@ -58,7 +58,7 @@ def random_walk_columns(num_bars: int, *, seed: int = 0, bars_per_session: int =
 def write_random_walk(directory, num_bars: int, *, seed: int = 0, symbol: str = SYMBOL) -> Path:
     """Write `{directory}/{symbol}.parquet` (processed layout, 1-minute bars, `synthetic=true`)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
+    from jaxtrade import atomic
 
     cols = random_walk_columns(num_bars, seed=seed)
     n = len(cols["close"])
@@ -73,7 +73,7 @@ def write_random_walk(directory, num_bars: int, *, seed: int = 0, symbol: str = 
     del arrays
     path = Path(directory) / f"{symbol}.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
+    atomic.write_parquet(table, path)
     del table
     gc.collect()
     return path

@@ -13,6 +13,8 @@ import json
 import sys
 from pathlib import Path
 
+from jaxtrade import atomic
+
 BENCHES = ("env", "ppo", "moe", "maml")
 
 
@@ -141,7 +143,7 @@ def plot(doc, path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    atomic.save_figure(fig, path)
     plt.close(fig)
 
 

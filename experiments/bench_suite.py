@@ -37,6 +37,8 @@ from pathlib import Path
 
 from absl import flags
 
+from jaxtrade import atomic
+
 from experiments import bench_measure as M
 from experiments.bench_programs import bench_env_params, compile_env, compile_trainer
 
@@ -124,9 +126,7 @@ class Suite:
         if self.out_path is None:
             return
         self.out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.out_path.with_name(self.out_path.name + ".tmp")
-        tmp.write_text(json.dumps(self.doc, indent=1) + "\n")
-        os.replace(tmp, self.out_path)
+        atomic.write_text(self.out_path, json.dumps(self.doc, indent=1) + "\n")
 
     def finish(self) -> None:
         self.doc.update(complete=True, wall_s=round(time.perf_counter() - self.started, 1),

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from absl import flags
 
+from jaxtrade import atomic
 from jaxtrade.errors import InputError
 
 FLAGS = flags.FLAGS
@@ -124,7 +125,7 @@ def main(argv) -> int:
             bt = str(backtested[i]) if i < len(backtested) else ""
             rows.append(f"{str(ts[i])[:16].replace('T', ' ')},{columns['open'][lo + i]!r},{columns['high'][lo + i]!r},"
                         f"{columns['low'][lo + i]!r},{columns['close'][lo + i]!r},{decisions[i]},{bt}")
-        out.write_text("\n".join(rows) + "\n")
+        atomic.write_text(out, "\n".join(rows) + "\n")
     per_bar = (t2 - t1) / max(hi - lo, 1) * 1e6
     print(f"{market.symbol} {F.split} split: {hi - lo:,} bars fed one at a time through {Path(F.model).name} after "
           f"{warm:,} warm-up bars ({t1 - t0:.1f} s); {per_bar:,.0f} us a bar")

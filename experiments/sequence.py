@@ -6,7 +6,8 @@ Flags: every field of `jaxtrade.config` (top-level run fields as `--symbols`, `-
 `--progression.on_fail`, `--env.cost_model`, ...), plus `--config config/training_sequence.yaml` (the seed's
 layout). Precedence: defaults < --config < flags given on the command line (or in a --flagfile).
 Training curves: `--log_backend jsonl` (default), `tensorboard`, `wandb`; repeat the flag for several.
-Exit codes: 0 done, 1 a gate failed with on_fail=stop, 2 bad flags or data.
+Exit codes: 0 done, 1 a gate failed with on_fail=stop, 2 bad flags or data, 3 a non-finite loss, gradient or
+parameter, 143/130 stopped by SIGTERM/SIGINT (a checkpoint written; the same command resumes).
 """
 
 from __future__ import annotations

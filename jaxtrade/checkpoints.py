@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from jaxtrade.errors import InputError
 
@@ -45,9 +47,9 @@ class StageCheckpointer:
 
     def __init__(self, directory, keep: int = 3):
         self.directory = Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(max_to_keep=max(1, keep), create=True,
-                                               enable_async_checkpointing=True)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._options = ocp.CheckpointManagerOptions(max_to_keep=max(1, keep), create=True,
+                                                     enable_async_checkpointing=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=self._options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -68,6 +70,45 @@ class StageCheckpointer:
         out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                  meta=ocp.args.JsonRestore()))
         return from_storable(out["state"], template), dict(out["meta"])
+
+    def restore_latest(self, template: Callable[[dict], Any], check_meta: Callable[[dict], None] | None = None
+                       ) -> tuple[int, Any, dict] | None:
+        """(step, state, meta) of the newest checkpoint that reads back whole, or None when there is none. A step
+        that cannot be read (a half-written or corrupted checkpoint) is renamed `{step}.unreadable` beside the
+        others, with a warning naming it, and the step before it is tried. `check_meta(meta)` may raise (say, a
+        checkpoint trained with other settings): that error is not a corruption and goes to the caller.
+        `template(meta)`: the state structure to restore that step into."""
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                meta = self.restore_meta(step)
+            except Exception as e:  # noqa: BLE001 - any failure to read a step means it is not usable
+                self._set_aside(step, e)
+                continue
+            if check_meta is not None:
+                check_meta(meta)
+            try:
+                state, meta = self.restore(template(meta), step)
+            except Exception as e:  # noqa: BLE001
+                self._set_aside(step, e)
+                continue
+            return step, state, meta
+        return None
+
+    def _set_aside(self, step: int, error: Exception) -> None:
+        bad = self.directory / str(step)
+        aside = bad.with_name(f"{step}.unreadable")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = bad.with_name(f"{step}.unreadable{n}")
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        logging.warning("checkpoint %s cannot be read (%s: %s); set aside as %s, resuming from the one before it",
+                        bad, type(error).__name__, first, aside.name)
+        if bad.exists():
+            os.replace(bad, aside)
+        # A fresh manager forgets the step (Orbax lists steps once, when it is created).
+        self.manager.close()
+        self.manager = ocp.CheckpointManager(self.directory, options=self._options)
 
     def restore_meta(self, step: int | None = None) -> dict:
         step = self.latest_step() if step is None else step

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Sequence
 
 from absl import app, flags, logging
 
-from jaxtrade.errors import GateFailure, InputError
+from jaxtrade.errors import GateFailure, InputError, NumericalFault, StopRequested
 
 
 def _read_flagfile(path: str, depth: int) -> list[str]:
@@ -147,7 +147,8 @@ def parse_flags(args: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
 
 def call_main(main: Callable[[list[str]], int | None], args: list[str]):
     """Run `main(args)` with DESIGN section 9's error contract: `InputError` -> one line, exit 2; `GateFailure`
-    -> exit 1; anything else -> one line (the traceback only in the debug log), exit 1. Returns main's value
+    -> exit 1; `NumericalFault` -> one line, exit 3; `StopRequested` (SIGTERM/SIGINT) -> one line, exit 128 +
+    the signal's number; anything else -> one line (the traceback only in the debug log), exit 1. Returns main's value
     (an exit code or None) or raises SystemExit."""
     if len(args) > 1:
         die(f"unexpected positional arguments: {' '.join(args[1:])}")
@@ -158,6 +159,10 @@ def call_main(main: Callable[[list[str]], int | None], args: list[str]):
     except GateFailure as e:
         sys.stderr.write(f"gates failed: {e}\n")
         sys.exit(1)
+    except NumericalFault as e:
+        die(str(e), 3)
+    except StopRequested as e:
+        die(str(e), 128 + (e.signum or 15))
     except FileNotFoundError as e:
         die(f"{e.filename or e}: file not found")
     except KeyboardInterrupt:

@@ -122,6 +122,22 @@ class SequenceConfig:
     groups: Mapping[str, Any]  # group name -> config dataclass instance
 
     def __post_init__(self):
+        """What no single group can check: every stage that runs trains at least one iteration, and the splits
+        the run judges (`--eval_split`) and reports on (`--report_split`) are not empty."""
+        for stage in self.run.stages:
+            n = getattr(self.groups.get(stage), "num_iterations", 1)
+            if n < 1:
+                raise InputError(f"--{stage}.num_iterations must be >= 1 for a stage that runs (--stages="
+                                 f"{','.join(self.run.stages)}), got {n}")
+        env = self.groups.get("env")
+        fractions = dict(zip(("train", "val", "test"), getattr(env, "split_fractions", ())))
+        needed = [("--eval_split", self.run.eval_split)]
+        if self.run.generate_reports:
+            needed.append(("--report_split", self.run.report_split))
+        for flag, split in needed:
+            if split in fractions and not fractions[split] > 0:
+                raise InputError(f"--env.split_fractions={','.join(f'{f:g}' for f in env.split_fractions)} leaves "
+                                 f"the {split} split empty, and {flag}={split} needs it")
         for stage in self.run.stages:
             patience = getattr(self.groups.get(stage), "early_stopping_patience", 0)
             if patience and not self.run.eval_every:

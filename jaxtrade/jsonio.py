@@ -1,7 +1,7 @@
 """The one JSON helper: plain values for summary.json, metrics.json, Orbax meta and `.pth` configs.
 
     to_json(obj)                     -> str/int/float/bool/None, lists and str-keyed dicts only
-    write_json_atomic(path, obj)     a temporary file, then `os.replace` (never a half-written file)
+    write_json_atomic(path, obj)     through `jaxtrade.atomic` (never a half-written file)
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -45,8 +44,8 @@ def to_json(obj: Any, where: str = "value") -> Any:
 
 
 def write_json_atomic(path, obj: Any, indent: int | None = 2) -> None:
-    """Write `to_json(obj)` to `path` through a temporary file in the same directory and `os.replace`."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(to_json(obj), indent=indent) + "\n")
-    os.replace(tmp, path)
+    """Write `to_json(obj)` to `path` through `jaxtrade.atomic` (a temporary name in the same folder, fsync,
+    rename)."""
+    from jaxtrade import atomic
+
+    atomic.write_text(path, json.dumps(to_json(obj), indent=indent) + "\n")

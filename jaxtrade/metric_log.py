@@ -29,6 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from jaxtrade import atomic
 from jaxtrade.errors import InputError
 
 BACKENDS = ("jsonl", "tensorboard", "wandb")
@@ -63,13 +64,10 @@ class JsonlSink:
         elif self.path.exists():  # drop what an interrupted run logged after its last checkpoint
             kept = [line for line in self.path.read_text().splitlines(keepends=True)
                     if line.strip() and _iteration(line) <= resume_at]
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(kept))
-            os.replace(tmp, self.path)
+            atomic.write_text(self.path, "".join(kept))
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({**{k: _finite(v) for k, v in metrics.items()}, **self.extra}) + "\n")
+        atomic.append_line(self.path, json.dumps({**{k: _finite(v) for k, v in metrics.items()}, **self.extra}))
 
     def close(self) -> None:
         pass

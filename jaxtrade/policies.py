@@ -288,22 +288,31 @@ def load_model(path, *, step: int | None = None, obs_names=None) -> LoadedModel:
     """The one loader: a jaxtrade `.pth` file, or an Orbax stage directory `checkpoints/{run}/{symbol}/{stage}`
     (its latest step, or `step`) whose meta holds the network config under "network". `obs_names`: when given,
     the model's recorded observation names must match them."""
-    from jaxtrade import checkpoints, export
+    from jaxtrade import export
 
     p = _check_path(path)
     if p.is_dir():
-        params, meta = checkpoints.restore_params(p, step)
-        if not isinstance(meta.get("network"), Mapping):
-            raise InputError(f"--model: {p}: checkpoint meta has no 'network' entry (the network config); cannot "
-                             f"rebuild the policy")
-        network = export.network_from_config(meta["network"])
-        params = {"params": params["params"] if isinstance(params, Mapping) and set(params) == {"params"}
-                  else params}
-        obs_dim = meta["network"].get("obs_dim") or (meta.get("observation") or {}).get("obs_dim")
-        export.check_params(params, network, int(obs_dim or export.infer_obs_dim(params)))
-        config = dict(meta)
-    else:
-        params, network, config = export.params_from_pth(p)
+        with export.naming_file(p):
+            return _load_orbax(p, step, obs_names)
+    params, network, config = export.params_from_pth(p)
+    if obs_names is not None:
+        export.check_observation(config, obs_names, str(p))
+    return LoadedModel(jax.tree.map(jnp.asarray, params), network, config, str(p))
+
+
+def _load_orbax(p, step, obs_names) -> LoadedModel:
+    """An Orbax stage directory: the policy parameters and the network config its meta records."""
+    from jaxtrade import checkpoints, export
+
+    params, meta = checkpoints.restore_params(p, step)
+    if not isinstance(meta.get("network"), Mapping):
+        raise InputError(f"--model: {p}: checkpoint meta has no 'network' entry (the network config); cannot "
+                         f"rebuild the policy")
+    network = export.network_from_config(meta["network"])
+    params = {"params": params["params"] if isinstance(params, Mapping) and set(params) == {"params"} else params}
+    obs_dim = meta["network"].get("obs_dim") or (meta.get("observation") or {}).get("obs_dim")
+    export.check_params(params, network, int(obs_dim or export.infer_obs_dim(params)))
+    config = dict(meta)
     if obs_names is not None:
         export.check_observation(config, obs_names, str(p))
     return LoadedModel(jax.tree.map(jnp.asarray, params), network, config, str(p))

@@ -13,9 +13,8 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from jaxtrade import metrics as M
+from jaxtrade import atomic, metrics as M
 from jaxtrade.backtest import EQUITY_COLUMNS, BacktestResult, timestamps_utc_ns
 from jaxtrade.jsonio import write_json_atomic
 
@@ -215,8 +214,8 @@ def write_symbol_outputs(main: BacktestResult, baselines: Sequence[BacktestResul
     into `directory`. Returns notices (e.g. no matplotlib)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    pq.write_table(equity_table(main), d / "equity.parquet")
-    pq.write_table(trades_table(main), d / "trades.parquet")
+    atomic.write_parquet(equity_table(main), d / "equity.parquet")
+    atomic.write_parquet(trades_table(main), d / "trades.parquet")
     rec = main.metrics_record()
     rec["baselines"] = {column_name(b): dict(b.metrics, sharpe_ci95=list(b.sharpe_ci) if b.sharpe_ci else None)
                         for b in baselines}
@@ -241,7 +240,7 @@ def write_daily_returns(r: BacktestResult, path) -> None:
     `pandas.read_csv(path, index_col="date", parse_dates=True)["returns"]`."""
     lines = ["date,returns"]
     lines += [f"{day},{float(ret)!r}" for day, ret in zip(session_dates(r), r.daily_returns)]
-    Path(path).write_text("\n".join(lines) + "\n")
+    atomic.write_text(path, "\n".join(lines) + "\n")
 
 
 def plot_equity(main: BacktestResult, path, baselines: Sequence[BacktestResult] = ()) -> bool:
@@ -275,6 +274,6 @@ def plot_equity(main: BacktestResult, path, baselines: Sequence[BacktestResult] 
     ax2.set_xticks(ticks)
     ax2.set_xticklabels([str(main.equity["timestamp"][i])[:10] for i in ticks], fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic.save_figure(fig, path, dpi=110)
     plt.close(fig)
     return True

@@ -16,12 +16,11 @@ import base64
 import datetime as _dt
 import html
 import io
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from jaxtrade import metrics as M
+from jaxtrade import atomic, metrics as M
 from jaxtrade.backtest import BacktestResult
 from jaxtrade.report import LABELS, column_name, fmt, session_dates
 from jaxtrade.tearsheet_context import find_adaptation, model_extras, summary_adaptation  # noqa: F401 - re-exported
@@ -375,5 +374,5 @@ def _trade_summary(m: BacktestResult) -> str:
 def write_tearsheet(main: BacktestResult, baselines: Sequence[BacktestResult], path, **kwargs) -> list[str]:
     """Write `path` (tearsheet.html); returns notices (e.g. no matplotlib). kwargs: see `render_tearsheet`."""
     page, notices = render_tearsheet(main, baselines, **kwargs)
-    Path(path).write_text(page, encoding="utf-8")
+    atomic.write_text(path, page)
     return notices

@@ -15,7 +15,7 @@ MAX_LINES = 400
 
 # Lower layers never import higher ones. Within a layer, imports are allowed but must not form a cycle.
 LAYERS = (
-    ("jaxtrade", "jaxtrade.errors", "jaxtrade.jsonio", "jaxtrade.cli", "jaxtrade.contracts", "jaxtrade.features",
+    ("jaxtrade", "jaxtrade.errors", "jaxtrade.atomic", "jaxtrade.jsonio", "jaxtrade.cli", "jaxtrade.contracts", "jaxtrade.features",
      "jaxtrade.costs", "jaxtrade.data", "jaxtrade.metric_log", "jaxtrade.tfevents", "jaxtrade.sharding"),
     ("jaxtrade.env", "jaxtrade.networks", "jaxtrade.ensemble", "jaxtrade.metrics", "jaxtrade.sharpe_ci",
      "data_tools"),  # data_tools never reaches agents

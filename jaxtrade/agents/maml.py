@@ -208,6 +208,8 @@ class MAML(TrainerMixin):
     """MAML over (symbol, time window) tasks of one symbol's training split: `init(key, params=None)` and
     `train_iteration(state)` (the contract of `agents.base`). Build it with `make_trainer`."""
 
+    loss_metrics = ("meta_loss",)  # what `agents.base.run` checks for non-finite values (with grad_norm, params)
+
     env_params: Any
     hparams: MAMLHParams
     ppo_hparams: PPOHParams

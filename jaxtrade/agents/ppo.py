@@ -130,7 +130,8 @@ def ppo_loss_from_outputs(logits: jax.Array, value: jax.Array, batch: PPOBatch, 
     r = pi(a|s) / pi_old(a|s) and A normalised over the minibatch when `config.normalize_advantages`;
     value_loss = 0.5 * mean(max((V - R)^2, (V_old + clip(V - V_old, -eps, eps) - R)^2)) (unclipped when
     `config.clip_value_loss` is False). aux: policy_loss, value_loss, entropy, approx_kl (the k3 estimator
-    mean((r - 1) - log r)), clip_frac (fraction with |r - 1| > eps), total_loss.
+    mean((r - 1) - log r)), clip_frac (fraction with |r - 1| > eps), total_loss. (The update adds grad_norm,
+    the pre-clip gradient's global norm, averaged over minibatches.)
     """
     hp = config.hparams() if hp is None else hp
     eps = hp.clip_epsilon
@@ -254,7 +255,8 @@ class PPO(TrainerMixin):
             p, s = carry
             (_, aux), grads = grad_fn(p, mbatch)
             updates, s = tx.update(grads, s, p)
-            return (optax.apply_updates(p, updates), s), aux
+            # the global norm is what the clip computes anyway; the run's fault check reads it
+            return (optax.apply_updates(p, updates), s), dict(aux, grad_norm=optax.global_norm(grads))
 
         def epoch(carry, _):
             p, s, key = carry

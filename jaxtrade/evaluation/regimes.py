@@ -17,6 +17,7 @@ import numpy as np
 from absl import logging
 
 from jaxtrade import env as trading_env
+from jaxtrade import atomic
 from jaxtrade.features import FEATURE_NAMES
 from jaxtrade.networks import MoEActorCritic
 
@@ -159,7 +160,7 @@ def plot_expert_regimes(table: Mapping[str, Any], path) -> str | None:
                         color="white" if val < 0.6 else "black")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="mean gate probability")
     fig.suptitle(f"{table.get('symbol', '')} {table.get('split', '')}: expert gate by regime (* = leader)")
-    fig.savefig(path, dpi=100)
+    atomic.save_figure(fig, path, dpi=100)
     plt.close(fig)
     return str(path)
 

@@ -7,7 +7,7 @@ from a `.pth` (imported only when used: `jaxtrade.export` imports without PyTorc
 
 from typing import Any
 
-from jaxtrade.export.pth import (ARCH_ACTOR_CRITIC, ARCH_ENSEMBLE, ARCH_MOE, EXPERTS, FORMAT, FORMAT_VERSION, MEMBERS,
+from jaxtrade.export.pth import (ARCH_ACTOR_CRITIC, ARCH_ENSEMBLE, naming_file, ARCH_MOE, EXPERTS, FORMAT, FORMAT_VERSION, MEMBERS,
                                  TORCH_HINT,
                                  check_observation, check_params, export_pth, infer_obs_dim, load_pth,
                                  network_config, network_from_config, obs_dim_of, params_from_pth,
@@ -26,6 +26,6 @@ def torch_policy(path_or_dict) -> Any:
 
 __all__ = ["ARCH_ACTOR_CRITIC", "ARCH_ENSEMBLE", "ARCH_MOE", "EXPERTS", "FORMAT", "FORMAT_VERSION", "MEMBERS",
            "TORCH_HINT", "check_observation",
-           "check_params", "export_pth", "infer_obs_dim", "load_pth", "network_config", "network_from_config",
+           "check_params", "export_pth", "infer_obs_dim", "load_pth", "naming_file", "network_config", "network_from_config",
            "obs_dim_of", "params_from_pth", "params_from_state_dict", "state_dict_from_params", "torch_available",
            "torch_policy"]

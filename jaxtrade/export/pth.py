@@ -35,8 +35,7 @@ Loading a model as a policy (a `.pth` or an Orbax stage directory) is `jaxtrade.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import contextlib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -44,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtrade import atomic
 from jaxtrade.ensemble import Ensemble
 from jaxtrade.errors import InputError
 from jaxtrade.export.netconfig import (ARCH_ACTOR_CRITIC, ARCH_ENSEMBLE, ARCH_MOE, architecture_of,  # noqa: F401
@@ -230,7 +230,7 @@ def infer_obs_dim(params) -> int:
 def export_pth(path, params, network, *, symbol: str, stage: str, obs_names, scaler=None, metrics=None,
                extra=None, env_config=None) -> Path:
     """Write `params` of `network` (an `ActorCritic` or `MoEActorCritic`) as a jaxtrade `.pth` file, atomically
-    (a temporary file in the same directory, then `os.replace`). `scaler`: a `features.Scaler` or its dict;
+    (`jaxtrade.atomic`: a temporary file in the same directory, then renamed). `scaler`: a `features.Scaler` or its dict;
     `metrics`, `extra`: dicts of plain values (numpy / JAX scalars and arrays are converted); `env_config`: the
     market rules it trained under (`EnvConfig.to_dict()`), which backtests and adaptation default to. Returns
     the path."""
@@ -259,20 +259,7 @@ def export_pth(path, params, network, *, symbol: str, stage: str, obs_names, sca
     }
     sd = state_dict_from_params(params, network)
     payload = {"state_dict": {k: torch.from_numpy(v.copy()) for k, v in sd.items()}, "config": config}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic.torch_save(payload, path)
     return path
 
 
@@ -287,9 +274,12 @@ def _validate(obj, where: str) -> tuple[dict, dict]:
         raise InputError(f"{where}: not a jaxtrade .pth file (config format is {config.get('format')!r}, "
                          f"expected {FORMAT!r})")
     version = config.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise InputError(f"{where}: .pth format version {version!r} is newer than this jaxtrade reads "
                          f"({FORMAT_VERSION}); upgrade jaxtrade")
+    if type(version) is not int or not 1 <= version <= FORMAT_VERSION:
+        raise InputError(f"{where}: unknown .pth format version {version!r} (this jaxtrade reads versions 1 to "
+                         f"{FORMAT_VERSION})")
     if not isinstance(config.get("network"), Mapping):
         raise InputError(f"{where}: jaxtrade .pth config has no 'network' entry")
     return dict(obj["state_dict"]), config
@@ -330,10 +320,22 @@ def params_from_pth(path) -> tuple[dict, Any, dict]:
     """Rebuild the JAX side of a `.pth`: (flax variables `{"params": ...}` as jnp arrays, flax module, config).
     `network.apply(variables, obs)` then gives `(logits, value)` as the exported policy did."""
     sd, config = load_pth(path)
-    network = network_from_config(config)
-    params = params_from_state_dict(sd, config)
-    check_params(params, network, obs_dim_of(config))
+    with naming_file(path):
+        network = network_from_config(config)
+        params = params_from_state_dict(sd, config)
+        check_params(params, network, obs_dim_of(config))
     return jax.tree.map(jnp.asarray, params), network, config
+
+
+@contextlib.contextmanager
+def naming_file(path):
+    """An `InputError` raised inside names `path` (a model that does not fit says which file)."""
+    try:
+        yield
+    except InputError as e:
+        if str(path) in str(e):
+            raise
+        raise InputError(f"{path}: {e}") from None
 
 
 def obs_dim_of(config: Mapping) -> int:

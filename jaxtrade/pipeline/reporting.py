@@ -5,12 +5,11 @@ stopping kept (and from how many evaluations), and with `--seeds N` the ensemble
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
-from jaxtrade import gates as G, policies, report
+from jaxtrade import atomic, gates as G, policies, report
 from jaxtrade.config import SequenceConfig
 from jaxtrade.evaluation import regimes
 from jaxtrade.pipeline.stages import expert_regimes, fmt
@@ -59,10 +58,7 @@ def write_report(cfg: SequenceConfig, contexts, stage_models, final_models, out,
     if regime_sections or extra_sections:
         text += "\n" + "\n\n".join(extra_sections + regime_sections) + "\n"
     path = Path(cfg.run.report_file) if cfg.run.report_file else out_dir / f"{cfg.run.run_name}_report.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic.write_text(path, text)
     out.write(text)
     return path
 

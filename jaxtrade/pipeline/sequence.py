@@ -22,11 +22,11 @@ from typing import Any
 import jax
 from absl import logging
 
-from jaxtrade import data as D, env as E, export, sharding
+from jaxtrade import atomic, data as D, env as E, export, sharding
 from jaxtrade.config import SequenceConfig
-from jaxtrade.errors import GateFailure, InputError
+from jaxtrade.errors import GateFailure, InputError, StopRequested
 from jaxtrade.jsonio import write_json_atomic
-from jaxtrade.pipeline import final, members, reporting
+from jaxtrade.pipeline import final, members, preemption, reporting
 from jaxtrade.pipeline.context import SymbolContext
 from jaxtrade.pipeline.stages import STAGE_FILES
 from jaxtrade.pipeline.train_stage import run_stage
@@ -64,8 +64,17 @@ def resolve_symbols(cfg: SequenceConfig, out=sys.stdout) -> list[str]:
 
 def run_sequence(cfg: SequenceConfig, out=sys.stdout, fold: int | None = None) -> int:
     """Run the configured stages for every symbol, then the test-split report. Returns the exit code. fold: one
-    walk-forward fold of `cfg.eval` (`pipeline.walk_forward` runs each), None: the single split."""
+    walk-forward fold of `cfg.eval` (`pipeline.walk_forward` runs each), None: the single split. SIGTERM and
+    SIGINT stop training at the next checkpointable boundary (`preemption`; raises `StopRequested`)."""
+    with preemption.stop_on_signals():
+        return _run_sequence(cfg, out, fold)
+
+
+def _run_sequence(cfg: SequenceConfig, out, fold: int | None) -> int:
     t_start = time.perf_counter()
+    atomic.writable_directory(cfg.run.checkpoint_dir, "--checkpoint_dir")
+    if cfg.run.generate_reports:
+        atomic.writable_directory(cfg.run.output_dir, "--output_dir")
     symbols = resolve_symbols(cfg, out=out)
     # torch is an optional extra: without it the run trains, checkpoints (Orbax) and reports, and says that the
     # PyTorch exports were skipped instead of failing after the first stage.
@@ -105,6 +114,10 @@ def run_sequence(cfg: SequenceConfig, out=sys.stdout, fold: int | None = None) -
         stage_models[symbol] = {}
         sym_key = jax.random.fold_in(key, i)
         for j, stage in enumerate(cfg.run.stages):
+            if preemption.requested():  # between stages: everything finished so far is saved
+                raise StopRequested(message=f"{symbol}: stopped by {preemption.signal_name()} before the {stage} "
+                                    f"stage; finished stages are saved; run the same command again to resume",
+                                    signum=preemption.signal_number())
             stage_key = jax.random.fold_in(sym_key, j)
             if cfg.run.seeds > 1:  # seed s draws what `--seed s` would: seeds seed .. seed+N-1 in one program
                 stage_key = jax.numpy.stack([jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.run.seed + s), i), j)

@@ -28,11 +28,11 @@ from jaxtrade.agents.base import Runner
 from jaxtrade.agents.batched import batched, unstack
 from jaxtrade.checkpoints import StageCheckpointer
 from jaxtrade.config import SequenceConfig
-from jaxtrade.errors import InputError
+from jaxtrade.errors import InputError, NumericalFault, StopRequested
 from jaxtrade.evaluation.on_device import SplitEvaluator
 from jaxtrade.export import network_config
 from jaxtrade.metric_log import open_writer
-from jaxtrade.pipeline import stages as S
+from jaxtrade.pipeline import preemption, stages as S
 from jaxtrade.pipeline.context import SymbolContext
 from jaxtrade.pipeline.early_stop import EarlyStopping
 from jaxtrade.pipeline.progress import StageLogger
@@ -79,22 +79,29 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
         state = jax.jit(lambda t, k, p: t.init(k, p))(trainer, k_stage, spec.init_params)
         target, done, lr_scale, extended, wall = spec.iterations, 0, 1.0, 0, 0.0
         meta: dict[str, Any] = {}
-        latest = ckpt.latest_step() if ckpt else None
         settings = S.stage_settings(cfg, stage)
-        if latest is not None:
-            meta = ckpt.restore_meta(latest)
+
+        def same_settings(meta):
             if meta.get("settings") is not None and meta["settings"] != settings:
                 diffs = S.settings_diff(meta["settings"], settings)
                 raise InputError(f"{symbol} {stage}: {directory} was trained with other settings "
                                  f"({'; '.join(diffs[:4])}{'; ...' if len(diffs) > 4 else ''}); pass --overwrite to "
                                  f"retrain it, or use another --run_name")
-            lr_scale = float(meta.get("lr_scale", 1.0))
-            # A finished multi-seed stage stores its best seed as "params" (what tools load); until then, every seed.
-            template = {"params": unstack(trainer.params_of(state), 0) if seeds > 1 and meta.get("complete")
-                        else trainer.params_of(state), "runner": state}
+
+        # The newest checkpoint that reads back whole (an unreadable one is set aside with a warning naming it). A
+        # finished multi-seed stage stores its best seed as "params" (what tools load); until then, every seed.
+        def template(meta):
+            t = {"params": unstack(trainer.params_of(state), 0) if seeds > 1 and meta.get("complete")
+                 else trainer.params_of(state), "runner": state}
             if (meta.get("early_stopping") or {}).get("best_iteration") is not None:
-                template["best_params"] = trainer.params_of(state)
-            restored, meta = ckpt.restore(template, latest)
+                t["best_params"] = trainer.params_of(state)
+            return t
+
+        found = ckpt.restore_latest(template, same_settings) if ckpt else None
+        latest = None if found is None else found[0]
+        if found is not None:
+            _, restored, meta = found
+            lr_scale = float(meta.get("lr_scale", 1.0))
             state = restored["runner"]
             done, target = int(meta["iteration"]), int(meta["target_iterations"])
             extended, wall = int(meta.get("extended", 0)), float(meta.get("wall_s", 0.0))
@@ -145,19 +152,22 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
         trainer = spec.with_lr_scale(lr_scale)
         stopped = es is not None and es.should_stop
         while True:
-            if es is None:
-                state, _ = runner(trainer, state, target - done, chunk=cfg.run.checkpoint_every, done=done,
-                                  on_chunk=lambda s, n: save(s, n))
-                done = target
-            while es is not None and done < target and not stopped:
-                upto = es.next_evaluation(done, target)
-                state, _ = runner(trainer, state, upto - done, chunk=cfg.run.checkpoint_every, done=done,
-                                  on_chunk=lambda s, n: save(s, n))
-                done = upto
-                es.evaluate(done, trainer.params_of(state))
-                stopped = es.should_stop
-                if done % cfg.run.checkpoint_every == 0 and done < target and not stopped:
-                    save(state, done)
+            try:
+                if es is None:
+                    state, _ = runner(trainer, state, target - done, chunk=cfg.run.checkpoint_every, done=done,
+                                      on_chunk=lambda s, n: save(s, n), should_stop=preemption.requested)
+                    done = target
+                while es is not None and done < target and not stopped:
+                    upto = es.next_evaluation(done, target)
+                    state, _ = runner(trainer, state, upto - done, chunk=cfg.run.checkpoint_every, done=done,
+                                      on_chunk=lambda s, n: save(s, n), should_stop=preemption.requested)
+                    done = upto
+                    es.evaluate(done, trainer.params_of(state))
+                    stopped = es.should_stop
+                    if done % cfg.run.checkpoint_every == 0 and done < target and not stopped:
+                        save(state, done)
+            except (NumericalFault, StopRequested) as e:
+                raise _stopped(e, symbol, stage, directory, ckpt) from None
             every = sharding.fetch(trainer.params_of(state))  # host copies: judging runs on each process
             if es is not None:  # one seed (SequenceConfig refuses early stopping with --seeds N)
                 every = es.kept(every)
@@ -203,3 +213,22 @@ def run_stage(cfg: SequenceConfig, ctx: SymbolContext, stage: str, prev_params, 
             writer.close()
         if ckpt is not None:
             ckpt.close()
+
+
+def _stopped(e: Exception, symbol: str, stage: str, directory, ckpt) -> Exception:
+    """The one line a stopped stage ends the command with: a numerical fault (the last good checkpoint is kept;
+    nothing after it is saved) or a stop request (its checkpoint was just written)."""
+    if ckpt is not None:
+        ckpt.wait()
+    latest = ckpt.latest_step() if ckpt is not None else None
+    kept = f"the last good checkpoint ({directory}, iteration {latest}) is kept" if latest is not None else \
+        "no checkpoint was written"
+    if isinstance(e, NumericalFault):
+        return NumericalFault(e.iteration, e.what, message=(
+            f"{symbol} {stage}: non-finite {e.what} at iteration {e.iteration}; training stopped, {kept}, and no "
+            f"model or summary entry was written for this stage (a lower learning rate usually helps)"))
+    where = f"checkpoint saved at iteration {latest} in {directory}" if latest is not None else \
+        "no checkpoint (--save_checkpoints=false)"
+    return StopRequested(e.iteration, signum=preemption.signal_number(), message=(
+        f"{symbol} {stage}: stopped by {preemption.signal_name()} at iteration {e.iteration}; {where}; run the same "
+        f"command again to resume"))
