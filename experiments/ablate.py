@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ import numpy as np
 from absl import flags, logging
 
 from experiments import sequence as seq_cli
+from jaxtrade import atomic
 from jaxtrade.cli import run
 from jaxtrade.errors import InputError
 
@@ -61,10 +61,8 @@ def _read(path: Path) -> list[dict]:
 
 def _write(path: Path, rows: list[dict]) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
-    os.replace(tmp, path)
+
+    atomic.write_parquet(pa.Table.from_pylist(rows), path)
 
 
 def _resume_settings(cfg) -> dict:

@@ -3,17 +3,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
+from jaxtrade import atomic
+
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    return atomic.save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def write_plots(summary: dict, curve_rows: list[dict], labels: dict, out_dir: Path) -> list[Path]:

@@ -226,7 +226,7 @@ def define_flags(hosts: bool = True) -> None:
                              "this process's devices; 1: no sharding).")
     if not hosts or "coordinator_address" in flags.FLAGS:
         return
-    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for a run over several hosts "
+    flags.DEFINE_string("coordinator_address", None, "The host:port of process 0 for a run over several hosts "
                         "(jax.distributed; 'auto' on a TPU pod slice or SLURM); every process runs the same command.")
     flags.DEFINE_integer("num_processes", None, "Processes (hosts) in a run over several hosts.")
     flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1 (process 0 writes the files).")
