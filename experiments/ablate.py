@@ -46,7 +46,7 @@ def define_flags() -> None:
     seq_cli.define_flags()
     if "sweep" in FLAGS:
         return
-    flags.DEFINE_multi_string("sweep", [], "group.field=v1,v2,... (repeatable): a swept setting.")
+    flags.DEFINE_multi_string("sweep", [], "A swept setting, group.field=v1,v2,... (repeatable: one flag per setting).")
     flags.DEFINE_bool("grid", True, "Cartesian product of the sweeps (default).")
     flags.DEFINE_bool("zip", False, "Value i of every sweep together (all sweeps of equal length).")
     flags.DEFINE_string("baseline_config", None, "Configuration the others are compared with (default: the first).")

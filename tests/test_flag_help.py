@@ -20,7 +20,8 @@ from jaxtrade.flag_help import CHOICES, field_docs, field_help, flag_definition,
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-COMMANDS = ("jaxtrade-train", "jaxtrade-process", "jaxtrade-backtest", "jaxtrade-adapt", "jaxtrade-replay")
+COMMANDS = ("jaxtrade-train", "jaxtrade-process", "jaxtrade-backtest", "jaxtrade-adapt", "jaxtrade-replay",
+            "jaxtrade-ablate")
 TYPE_LINE = re.compile(r"\((default: .*|an? [\w ]+|integer[^)]*|a number[^)]*|[\w ]*separated list)\)$")
 
 
