@@ -54,6 +54,16 @@ MAML_MIXTURE_PPO_ITERATIONS = 100
 # meta-policy 0.00057 per session, interval [0.00024, 0.00099]; over the mixture PPO 0.00094, interval
 # [-0.00055, 0.00242]); 0.5 (as tests/test_maml.py's drift tasks use) gives five times the improvement.
 MAML_INNER_LEARNING_RATE = 0.5
+# Seed sensitivity (fix20, measured after the issue-11 port): the port is exact. With the meta and inner
+# learning rates as compile-time constants the new trainer reproduces the pre-port one bit for bit (3
+# meta-iterations, every metric, the meta-parameters and adapt's output); as traced float32 leaves (issue 11,
+# so vmap sweeps them) the first meta-update differs in the last ulp, and 150 iterations of sampled rollouts
+# turn that into another draw. The improvement over the meta-policy is within that draw's noise:
+# improvement_vs_meta_ci95, inner lr 0.5: seed 0 pre-port [0.0007, 0.0037], port [-0.00044, 0.00275];
+# seed 1 pre-port [-0.00852, 0.00188], port [-0.00409, 0.00294]; 2.4 years (17 held-out tasks), port,
+# seed 0 [-0.00441, 0.00148], seed 1 [-0.00091, 0.00195]. Inner lr 0.1, port: seed 0 [0.00045, 0.00156],
+# seed 1 [-0.00042, 0.00074]. The mixture PPO adapted by the same steps beats the adapted meta-policy in
+# every one of these runs, so test_maml_adapts_to_the_sign_of_the_edge needs a redesigned claim, not a seed.
 
 
 # ---------------------------------------------------------------------------------------------------------
