@@ -57,6 +57,12 @@ def test_moe_keeps_up_with_ppo_of_the_same_width_at_equal_iterations(moe_figures
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(run=False, strict=True, reason=(
+    "issue 20 item 3 does not hold across seeds: MAML's improvement over the unadapted meta-policy is within seed "
+    "noise (interval below zero at seed 1 before and after the issue-11 port, and for seeds 0 and 1 with 17 "
+    "held-out tasks; figures in tests/planted_edges.py), and the mixture PPO fine-tuned by the same inner steps "
+    "beats the adapted meta-policy in every run. Not run in CI (10 CPU-minutes for a known outcome); see the "
+    "figures with `python -m experiments.bench learn --checks maml --seed S`"))
 def test_maml_adapts_to_the_sign_of_the_edge(tmp_path):
     f = _show(PE.maml_adapts(tmp_path))
     r = f["per_session_return"]
