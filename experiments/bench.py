@@ -39,16 +39,25 @@ from jaxtrade import atomic
 from jaxtrade.env import EnvConfig
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("processed_data_dir", None, "processed Parquet directory (default: a synthetic market)")
-flags.DEFINE_string("symbol", None, "symbol to benchmark on (with --processed_data_dir)")
-flags.DEFINE_integer("repeats", 3, "timed runs per config (the median is reported)")
-flags.DEFINE_list("configs", ["default", "throughput"], "ppo bench configs to run: default, throughput")
-flags.DEFINE_integer("iterations", 0, "iterations per timed run (0: per-config default)")
-flags.DEFINE_integer("num_envs", 0, "override num_envs of every config (0: keep)")
-flags.DEFINE_string("stage", "ppo", "vmap: the stage whose learning rate is swept (ppo, moe, maml)")
-flags.DEFINE_integer("batch", 8, "vmap: learning rates in the vmapped batch")
-flags.DEFINE_list("checks", ["ppo", "ppo_costs", "moe", "maml", "flat"], "learn: the checks to run")
-flags.DEFINE_integer("seed", 0, "learn: seed of the markets and the training")
+
+
+def define_flags() -> None:
+    """Define the command's flags on absl's global FLAGS (once); called by `__main__`, not on import, so
+    that importing this module beside another command (tests, notebooks) defines nothing."""
+    if "repeats" in FLAGS:
+        return
+    bench_suite.define_flags()
+    flags.DEFINE_string("processed_data_dir", None, "processed Parquet directory (default: a synthetic market)")
+    flags.DEFINE_string("symbol", None, "symbol to benchmark on (with --processed_data_dir)")
+    flags.DEFINE_integer("repeats", 3, "timed runs per config (the median is reported)")
+    flags.DEFINE_list("configs", ["default", "throughput"], "ppo bench configs to run: default, throughput")
+    flags.DEFINE_integer("iterations", 0, "iterations per timed run (0: per-config default)")
+    flags.DEFINE_integer("num_envs", 0, "override num_envs of every config (0: keep)")
+    flags.DEFINE_string("stage", "ppo", "vmap: the stage whose learning rate is swept (ppo, moe, maml)")
+    flags.DEFINE_integer("batch", 8, "vmap: learning rates in the vmapped batch")
+    flags.DEFINE_list("checks", ["ppo", "ppo_costs", "moe", "maml", "flat"], "learn: the checks to run")
+    flags.DEFINE_integer("seed", 0, "learn: seed of the markets and the training")
+
 
 COMMANDS = ("env", "ppo", "maml", "moe", "vmap", "learn", "all")
 
@@ -394,4 +403,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main, argv=cli.normalize_argv(sys.argv))

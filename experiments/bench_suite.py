@@ -43,20 +43,28 @@ from experiments import bench_measure as M
 from experiments.bench_programs import bench_env_params, compile_env, compile_trainer
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", "", "all: also write the results as one JSON document to this file")
-flags.DEFINE_bool("vs_sb3", False, "all: compare each --configs PPO config with Stable-Baselines3 PPO "
-                  "(pip install -e '.[bench,torch]')")
-flags.DEFINE_integer("sb3_threads", 1, "all: torch threads for Stable-Baselines3 (0: torch's default)")
-flags.DEFINE_list("sweep_num_envs", ["1", "16", "256", "4096", "65536"], "all: parallel episodes to sweep")
-flags.DEFINE_list("sweep_num_bars", ["10000", "100000", "1000000", "10000000"],
-                  "all: synthetic market lengths (bars) to sweep")
-flags.DEFINE_integer("sweep_at_num_envs", 256, "all: parallel episodes of the data-length sweep")
-flags.DEFINE_integer("sweep_at_num_bars", 100_000, "all: market length (bars) of the parallel-episodes sweep")
-flags.DEFINE_list("benches", ["env", "ppo", "moe", "maml"], "all: which benches the sweeps run")
-flags.DEFINE_list("max_num_envs", [], "all: per-bench caps on the parallel-episodes sweep, e.g. maml:4096 (a "
-                  "skipped point still gets its line)")
-flags.DEFINE_float("min_run_s", 1.0, "all: a timed run repeats its unit of work until it lasts about this long")
-flags.DEFINE_float("max_config_s", 60.0, "all: fewer timed runs (at least one) when --repeats would take longer")
+
+
+def define_flags() -> None:
+    """Define the command's flags on absl's global FLAGS (once); called by `__main__`, not on import, so
+    that importing this module beside another command (tests, notebooks) defines nothing."""
+    if "vs_sb3" in FLAGS:
+        return
+    flags.DEFINE_string("out", "", "all: also write the results as one JSON document to this file")
+    flags.DEFINE_bool("vs_sb3", False, "all: compare each --configs PPO config with Stable-Baselines3 PPO "
+                      "(pip install -e '.[bench,torch]')")
+    flags.DEFINE_integer("sb3_threads", 1, "all: torch threads for Stable-Baselines3 (0: torch's default)")
+    flags.DEFINE_list("sweep_num_envs", ["1", "16", "256", "4096", "65536"], "all: parallel episodes to sweep")
+    flags.DEFINE_list("sweep_num_bars", ["10000", "100000", "1000000", "10000000"],
+                      "all: synthetic market lengths (bars) to sweep")
+    flags.DEFINE_integer("sweep_at_num_envs", 256, "all: parallel episodes of the data-length sweep")
+    flags.DEFINE_integer("sweep_at_num_bars", 100_000, "all: market length (bars) of the parallel-episodes sweep")
+    flags.DEFINE_list("benches", ["env", "ppo", "moe", "maml"], "all: which benches the sweeps run")
+    flags.DEFINE_list("max_num_envs", [], "all: per-bench caps on the parallel-episodes sweep, e.g. maml:4096 (a "
+                      "skipped point still gets its line)")
+    flags.DEFINE_float("min_run_s", 1.0, "all: a timed run repeats its unit of work until it lasts about this long")
+    flags.DEFINE_float("max_config_s", 60.0, "all: fewer timed runs (at least one) when --repeats would take longer")
+
 
 BENCHES = ("env", "ppo", "moe", "maml")
 

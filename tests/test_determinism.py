@@ -48,6 +48,7 @@ def _without_timings(obj, run_dir: Path):
 def _run(tmp_path: Path, name: str) -> Path:
     out = tmp_path / name
     env = dict(os.environ, JAX_PLATFORMS="cpu")  # the CPU promise, whatever accelerator the machine has
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # each process compiles for itself, as two users' runs would
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.sequence", *SMOKE_FLAGS, f"--processed_data_dir={tmp_path / 'processed'}",
          f"--checkpoint_dir={out}", f"--output_dir={out / 'reports'}"],

@@ -50,11 +50,11 @@ def test_identical_members_equal_one_member(tmp_path):
             np.testing.assert_array_equal(probs, jax.nn.one_hot(jnp.argmax(logits, -1), NUM_ACTIONS))
     ens = Ensemble(net, 4, "mean")
     # In the backtester: the ensemble of copies trades exactly as the one member.
-    B.enable_x64()
     random_walk_market(tmp_path, "NIFTY_5", num_sessions=12, bars_per_session=30)
-    market = load_market(tmp_path, "NIFTY_5", price_dtype=jnp.float64)
-    one, many = B.backtest_many(market, [P.network_policy(net, p, "one"), P.network_policy(ens, stacked, "ens")],
-                                split="all")
+    with jax.enable_x64(True):  # scoped: a global switch would change every later test in this process
+        market = load_market(tmp_path, "NIFTY_5", price_dtype=jnp.float64)
+        one, many = B.backtest_many(market, [P.network_policy(net, p, "one"),
+                                             P.network_policy(ens, stacked, "ens")], split="all")
     assert one.metrics["num_trades"] > 0
     np.testing.assert_array_equal(one.target, many.target)
     for k, v in one.metrics.items():

@@ -74,13 +74,14 @@ def test_sigint_checkpoints_then_an_unreadable_latest_checkpoint_is_set_aside(re
     tmp, expected = reference
     cfg = tiny_config(tmp, checkpoint_dir=str(tmp / "int"), **FAST)
     _signal_after_save(monkeypatch, 4)
+    handler = signal.getsignal(signal.SIGINT)  # Python's default_int_handler; SIG_IGN in a pytest-xdist worker
     with pytest.raises(StopRequested) as info:
         S.run_sequence(cfg, out=DEVNULL)
     monkeypatch.undo()
     stop = info.value
     assert stop.signum == signal.SIGINT and "\n" not in str(stop)
     assert "NIFTY_5 ppo: stopped by SIGINT at iteration 4" in str(stop) and "again to resume" in str(stop)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored after the run
+    assert signal.getsignal(signal.SIGINT) is handler  # handlers restored after the run
     stage = tmp / "int" / "t" / "NIFTY_5" / "ppo"
     ck = StageCheckpointer(stage)
     assert ck.all_steps() == [2, 4]
@@ -173,6 +174,10 @@ def test_sigkill_then_sigterm_then_rerun_equals_uninterrupted(tmp_path):
     params, meta = _params(tmp_path / "ck")
     assert meta["complete"] and meta["iteration"] == 300
 
-    cfg = tiny_config(tmp_path, checkpoint_dir=str(tmp_path / "ref"), **overrides)
-    S.run_sequence(cfg, out=DEVNULL)
+    # The uninterrupted run: the same command in a fresh process (in this process, earlier tests may have
+    # changed JAX's global settings).
+    ref = subprocess.run([sys.executable, "-m", "experiments.sequence", *flags,
+                          f"--checkpoint_dir={tmp_path / 'ref'}"], cwd=ROOT, text=True, capture_output=True,
+                         timeout=300)
+    assert ref.returncode == 0, ref.stderr[-2000:]
     _assert_same_params(_params(tmp_path / "ref")[0], params)
