@@ -14,9 +14,9 @@ import pytest
 # test starts as a subprocess: many tests compile the same small programs (the tiny sequence of
 # `tests.test_sequence.tiny_config`, the backtester), and on two CPU cores compiling is most of their time.
 # Set before JAX is imported (it reads these at import). A cached executable is the one XLA compiled, so results
-# do not change; `tests/test_determinism.py` runs its two processes without the cache (two real compilations).
+# do not change.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"jaxtrade-tests-xla-{os.getuid()}"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 try:
     from hypothesis import HealthCheck, settings

@@ -48,7 +48,10 @@ def _without_timings(obj, run_dir: Path):
 def _run(tmp_path: Path, name: str) -> Path:
     out = tmp_path / name
     env = dict(os.environ, JAX_PLATFORMS="cpu")  # the CPU promise, whatever accelerator the machine has
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # each process compiles for itself, as two users' runs would
+    # The two processes share a compilation cache of their own: the second loads the executables the first
+    # compiled, so it is the run, not XLA's compiler, whose determinism is tested here (a program traced
+    # differently would miss the cache and compile anew). It halves the test's time.
+    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "xla_cache")
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.sequence", *SMOKE_FLAGS, f"--processed_data_dir={tmp_path / 'processed'}",
          f"--checkpoint_dir={out}", f"--output_dir={out / 'reports'}"],
