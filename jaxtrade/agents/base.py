@@ -176,9 +176,23 @@ class Runner:
     STOP_POLL_ITERATIONS = 10  # a stop request waits for at most this many iterations
 
     def __init__(self, callback: Callback | None = None, log_every: int = 0):
-        self._run = jax.jit(functools.partial(run, log_every=log_every, callback=callback),
-                            static_argnames="num_iterations")
+        # The compiled run has no host callback: the logged iterations are sent to `callback` from the metrics
+        # each piece returns (the same iterations `run(..., callback=...)` would send, at the piece's end). A
+        # program with a host callback cannot go to JAX's persistent compilation cache; this one can.
+        self._run = jax.jit(functools.partial(run), static_argnames="num_iterations")  # this runner's own cache
+        self._log = host_call(callback) if callback is not None and log_every > 0 else None
+        self._every = max(int(log_every), 1)
         self.wall_s = 0.0  # time spent in compiled runs (hooks excluded), for the stage's record
+
+    def _send_logs(self, metrics: Metrics, n: int) -> None:
+        """`run`'s logging on the host: every `log_every`-th iteration of the piece and its last, none after the
+        first faulted one."""
+        fault = np.asarray(metrics.get("fault", np.zeros(n, np.int32)))
+        for i in range(n):
+            if (i + 1) % self._every and i != n - 1:
+                continue
+            fresh = True if i == 0 else (fault[i - 1] == 0)
+            self._log({k: v[i] for k, v in metrics.items()}, fresh)
 
     def __call__(self, trainer, state, num_iterations: int, *, chunk: int | None = None, done: int = 0,
                  on_chunk: Callable[[Any, int], None] | None = None,
@@ -204,6 +218,8 @@ class Runner:
             metrics = fetch(metrics)  # host numpy (gathered when other processes hold parts)
             pieces.append(metrics)
             self.wall_s += time.perf_counter() - t0
+            if self._log is not None:
+                self._send_logs(metrics, n)
             fault = first_fault(metrics)
             if fault is not None:
                 i, code = fault
