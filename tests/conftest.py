@@ -16,7 +16,7 @@ import pytest
 # Set before JAX is imported (it reads these at import). A cached executable is the one XLA compiled, so results
 # do not change.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"jaxtrade-tests-xla-{os.getuid()}"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 try:
     from hypothesis import HealthCheck, settings
