@@ -125,3 +125,14 @@ def test_command_line_turns_a_fault_into_exit_3_and_one_line(capsys):
         cli.call_main(main, ["prog"])
     assert info.value.code == 3
     assert capsys.readouterr().err == "error: NIFTY_5 ppo: non-finite loss at iteration 5; training stopped\n"
+
+
+def test_runner_logs_up_to_the_faulted_iteration_and_none_after(small_trainer):
+    """The Runner logs on the host from the metrics a piece returns (no callback in the compiled run): every
+    iteration up to and including the first faulted one reaches the callback, none of the skipped ones after."""
+    calls = []
+    runner = base.Runner(callback=calls.append, log_every=1)
+    with pytest.raises(NumericalFault, match="at iteration 3$"):
+        runner(Poisoned(small_trainer, jnp.int32(3)), small_trainer.init(jax.random.key(0)), 6)
+    assert len(calls) == 3 and [int(c["iteration"]) for c in calls[:2]] == [1, 2]
+    assert [int(c["fault"]) for c in calls] == [0, 0, base.FAULT_PARAMETERS]
