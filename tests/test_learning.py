@@ -57,16 +57,18 @@ def test_moe_keeps_up_with_ppo_of_the_same_width_at_equal_iterations(moe_figures
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(run=False, strict=True, reason=(
-    "issue 20 item 3 does not hold across seeds: MAML's improvement over the unadapted meta-policy is within seed "
-    "noise (interval below zero at seed 1 before and after the issue-11 port, and for seeds 0 and 1 with 17 "
-    "held-out tasks; figures in tests/planted_edges.py), and the mixture PPO fine-tuned by the same inner steps "
-    "beats the adapted meta-policy in every run. Not run in CI (10 CPU-minutes for a known outcome); see the "
-    "figures with `python -m experiments.bench learn --checks maml --seed S`"))
 def test_maml_adapts_to_the_sign_of_the_edge(tmp_path):
+    """Held-out tasks of the sign-flip AR(1) family: after its inner steps on a task's first session, the
+    meta-learned policy's greedy query return beats the unadapted meta-policy and the PPO policy trained on the
+    mixture of tasks, each with the bootstrap interval (over tasks) of the improvement above zero.
+    `python -m experiments.bench learn --checks maml --seed S`, improvement over the meta-policy / the mixture
+    PPO per query session, 8 held-out tasks: seed 0 +0.0036 [0.0014, 0.0061] / +0.0036 [0.0015, 0.0056];
+    seed 1 +0.0033 [0.0014, 0.0055] / +0.0030 [0.0013, 0.0050]; seeds 2 and 3 in the closing note of issue 20.
+    Settings and what meta-training does to the gain: tests/planted_edges.py (MAML_*)."""
     f = _show(PE.maml_adapts(tmp_path))
     r = f["per_session_return"]
     assert f["improvement_vs_meta_ci95"][0] > 0, f
+    assert f["improvement_vs_ppo_mixture_ci95"][0] > 0, f
     assert r["adapted"] > r["meta"] and r["adapted"] > r["ppo_mixture"], r
 
 
