@@ -170,6 +170,73 @@ def test_adaptation_improves_held_out_drift_tasks(tmp_path):
     assert r["adaptation_speed"] is not None and 1 <= r["adaptation_speed"] <= 7
 
 
+def _transitions(obs, reward, done):
+    from jaxtrade.agents import rollout as R
+
+    z = jnp.zeros(reward.shape, jnp.float32)
+    fields = {f: z for f in R.Transition.__dataclass_fields__}
+    return R.Transition(**{**fields, "obs": jnp.asarray(obs, jnp.float32), "reward": jnp.asarray(reward, jnp.float32),
+                           "done": jnp.asarray(done), "action": z.astype(jnp.int32)})
+
+
+def test_linear_baseline_is_a_ridge_fit_of_the_batch_returns():
+    """Against an independent float64 computation: returns-to-go by a Python loop (cut at done and at the end),
+    features (obs, obs^2, tau^1..3, 1), numpy ridge solve. And a return that is exactly linear in the features is
+    reproduced (the fit sees the rollout's cut through the time features)."""
+    from jaxtrade.agents import rollout as R
+
+    rng = np.random.default_rng(3)
+    T, N, D, gamma = 24, 5, 3, 0.9
+    obs = rng.normal(size=(T, N, D))
+    reward = rng.normal(size=(T, N)) * 1e-3
+    done = rng.random((T, N)) < 0.1
+    ret = np.zeros((T, N))
+    for n in range(N):
+        acc = 0.0
+        for t in reversed(range(T)):
+            acc = reward[t, n] + gamma * acc * (not done[t, n])
+            ret[t, n] = acc
+    tau = np.broadcast_to((np.arange(T) / T)[:, None, None], (T, N, 1))
+    x = np.concatenate([obs, obs ** 2, tau, tau ** 2, tau ** 3, np.ones_like(tau)], -1).reshape(T * N, -1)
+    ridge = 1e-5
+    w = np.linalg.solve(x.T @ x + ridge * T * N * np.eye(x.shape[1]), x.T @ ret.reshape(-1))
+    want = (x @ w).reshape(T, N)
+    got = np.asarray(R.linear_baseline(_transitions(obs, reward, done), gamma, ridge))
+    np.testing.assert_allclose(got, want, atol=2e-4 * np.abs(want).max())  # float32 normal equations
+    assert np.corrcoef(got.ravel(), ret.ravel())[0, 1] > 0.2  # a fit, not zeros
+
+    # Rewards that make the return-to-go exactly 0.01 * (obs[..., 0] + 1) at every step are fitted exactly.
+    target = 0.01 * (obs[..., 0] + 1.0)
+    reward2 = target - gamma * np.concatenate([target[1:], np.zeros((1, N))]) * (~done)
+    reward2[-1] = target[-1]
+    got2 = np.asarray(R.linear_baseline(_transitions(obs, reward2, done), gamma, 1e-9))
+    np.testing.assert_allclose(got2, target, atol=1e-4)
+
+
+def test_linear_baseline_maml_collects_advantages_without_the_critic():
+    """With `advantage_baseline="linear"` the support batch's advantages do not depend on the critic's weights
+    (the critic-baseline batch does): the reason for the setting (issue 20)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        random_walk_market(d, "RW_5", num_sessions=12, bars_per_session=30)
+        market = data.load_market(d, "RW_5")
+    params_env = env.make_params(market, "train")
+    net = make_network(3, (16, 16))
+    params = net.init(jax.random.key(0), jnp.zeros(params_env.obs_dim))
+    shifted = jax.tree_util.tree_map_with_path(
+        lambda path, x: x + 0.05 if "critic" in jax.tree_util.keystr(path) else x, params)
+    for baseline, same in (("linear", True), ("critic", False)):
+        a = maml.collect_batch(net.apply, params, params_env, jax.random.key(1), 8, 16, PPOConfig(),
+                               baseline=baseline)[0]
+        b = maml.collect_batch(net.apply, shifted, params_env, jax.random.key(1), 8, 16, PPOConfig(),
+                               baseline=baseline)[0]
+        assert np.array_equal(np.asarray(a.action), np.asarray(b.action))  # same rollout: the actor is unchanged
+        assert np.allclose(np.asarray(a.advantages), np.asarray(b.advantages), atol=0) == same, baseline
+    with pytest.raises(ValueError, match="advantage_baseline"):
+        maml.MAMLConfig(advantage_baseline="mean")
+
+
 def _small_trainer(directory, **kw):
     from jaxtrade.agents.moe import MoEConfig
 

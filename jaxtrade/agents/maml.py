@@ -15,12 +15,15 @@ to the sub-range, so tasks are `vmap`ped over those two scalars only (one compil
 
 Per task and meta-iteration:
   1. support rollout: `support_num_envs` x `support_num_steps` steps with the META-parameters (collected once,
-     before adaptation; not re-collected between inner steps), GAE with the meta critic;
+     before adaptation; not re-collected between inner steps), GAE against the `advantage_baseline`: by
+     default a linear feature baseline fitted to the batch itself (Finn et al.'s choice; the critic's values
+     would drift with every meta-step far beyond the rewards' scale and spoil the inner steps);
   2. inner loop: `inner_loop_steps` SGD steps (`inner_learning_rate`) on the PPO surrogate (`ppo.ppo_loss`:
      clipped ratio against the meta-policy's log-probabilities, value loss, entropy) of that fixed support
      batch; the clipped ratio keeps the repeated steps on one batch a trust region;
   3. query rollout: `query_num_envs` x `query_num_steps` steps under the ADAPTED parameters (stop-gradient:
-     sampling is not differentiated), GAE with the adapted critic;
+     sampling is not differentiated), GAE against the same kind of baseline (the adapted critic's with
+     `advantage_baseline="critic"`);
   4. outer loss: `ppo.ppo_loss` of the adapted parameters on the query batch (ratio 1 at the behaviour policy,
      so its gradient is the clipped-PPO policy gradient at the adapted parameters), chained back through the
      inner updates to the meta-parameters: params -> inner updates -> adapted params -> query loss.
@@ -53,6 +56,8 @@ from jaxtrade.errors import InputError
 # ---------------------------------------------------------------------------------------------------------
 # Config
 
+ADVANTAGE_BASELINES = ("linear", "critic")
+
 
 @dataclasses.dataclass(frozen=True)
 class MAMLConfig:
@@ -77,6 +82,12 @@ class MAMLConfig:
     inner_grad_clip: float = 1.0  # global-norm clip of each inner gradient (0: none)
     inner_clip_epsilon: float = 0.0  # ratio clip of the inner surrogate (0: unclipped importance-weighted PG)
     max_grad_norm: float = 0.5  # global-norm clip of the meta-gradient before Adam
+    # Baseline of the support and query advantages: "linear" fits a linear feature baseline to each rollout
+    # batch's returns (Duan et al. 2016, as Finn et al.'s MAML-RL); "critic" uses the network's value head.
+    # Rewards are equity changes / capital (~1e-4 a bar), so every Adam meta-step moves the critic's weights by
+    # far more than its values' scale: with "critic" the support advantages, hence the inner steps, degrade
+    # as meta-training goes on (issue 20's figures in tests/planted_edges.py).
+    advantage_baseline: str = "linear"
     # Rollouts per task. Second-order MAML through 7 inner steps of the 4-expert network is compute-bound:
     # 16 x 64 samples keep a meta-iteration to a few seconds on a 2-core CPU; raise them on a GPU.
     support_num_envs: int = 16  # support rollouts per task
@@ -100,6 +111,9 @@ class MAMLConfig:
                      "query_num_steps", "window_sessions", "eval_episodes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"MAMLConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.advantage_baseline not in ADVANTAGE_BASELINES:
+            raise ValueError(f"MAMLConfig.advantage_baseline must be one of {', '.join(ADVANTAGE_BASELINES)}, "
+                             f"got {self.advantage_baseline!r}")
         if not 0.0 < self.support_fraction < 1.0:
             raise ValueError(f"MAMLConfig.support_fraction must be in (0, 1), got {self.support_fraction}")
 
@@ -149,10 +163,12 @@ def _flat_batch(traj: R.Transition, adv, targets) -> PPOBatch:
 
 
 def collect_batch(apply_fn, params, env_params, key, num_envs: int, num_steps: int, hp, env_reset=None,
-                  env_step=None):
+                  env_step=None, baseline: str = "critic"):
     """Fresh envs on `env_params`' session range, a rollout of the stochastic policy, GAE with `hp.gamma` and
-    `hp.gae_lambda` (a `PPOHParams` or a `PPOConfig`). Returns (PPOBatch flattened to `[num_envs * num_steps]`,
-    the Transition batch `[T, N]`)."""
+    `hp.gae_lambda` (a `PPOHParams` or a `PPOConfig`) against `baseline`: "critic" (the network's values,
+    bootstrapped at the rollout's end) or "linear" (`rollout.linear_baseline` of this batch, not bootstrapped).
+    The batch's `value` stays the critic's (PPO's value clipping). Returns (PPOBatch flattened to
+    `[num_envs * num_steps]`, the Transition batch `[T, N]`)."""
     from jaxtrade import env as trading_env
 
     env_reset = env_reset or trading_env.reset
@@ -160,8 +176,13 @@ def collect_batch(apply_fn, params, env_params, key, num_envs: int, num_steps: i
     params = jax.lax.stop_gradient(params)
     rs = R.reset_envs(env_reset, env_params, key, num_envs)
     rs, traj = R.rollout(apply_fn, params, env_step, env_params, rs, num_steps)
-    _, last_value = apply_fn(params, rs.obs)
-    adv, targets = R.compute_gae(traj, last_value, hp.gamma, hp.gae_lambda)
+    if baseline == "linear":
+        values = R.linear_baseline(traj, hp.gamma)
+        adv, targets = R.compute_gae(traj.replace(value=values), jnp.zeros((num_envs,), jnp.float32), hp.gamma,
+                                     hp.gae_lambda)
+    else:
+        _, last_value = apply_fn(params, rs.obs)
+        adv, targets = R.compute_gae(traj, last_value, hp.gamma, hp.gae_lambda)
     return _flat_batch(traj, adv, targets), traj
 
 
@@ -173,7 +194,7 @@ def adapt_on_support(apply_fn, params, support_params, key, config: "MAMLConfig"
     Returns `adapt`'s (adapted, inner losses[, parameters after each step]) and the support rollout."""
     inner_config, inner_hp = inner_loss_settings(ppo_config, ppo_config.hparams(), config)
     batch, traj = collect_batch(apply_fn, params, support_params, key, config.support_num_envs,
-                                config.support_num_steps, ppo_config)
+                                config.support_num_steps, ppo_config, baseline=config.advantage_baseline)
     out = adapt(params, batch, lambda p, b: ppo_loss(p, apply_fn, b, inner_config, inner_hp)[0],
                 config.inner_learning_rate, config.inner_loop_steps if steps is None else steps, remat=False,
                 inner_grad_clip=config.inner_grad_clip or None, return_trajectory=return_trajectory)
@@ -276,7 +297,7 @@ class MAML(TrainerMixin):
         from jaxtrade import env as trading_env
 
         return collect_batch(self.apply, params, env_params, key, num_envs, num_steps, self.ppo_hparams,
-                             trading_env.reset, trading_env.step)
+                             trading_env.reset, trading_env.step, baseline=self.config.advantage_baseline)
 
     def sample_tasks(self, key, meta_params):
         """`meta_batch_size` windows inside the training split; support batches under the meta-params."""

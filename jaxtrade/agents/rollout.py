@@ -140,6 +140,23 @@ def compute_gae(transitions: Transition, last_value: jax.Array, gamma: float, ga
     return adv, adv + transitions.value
 
 
+def linear_baseline(traj: Transition, gamma, ridge: float = 1e-5) -> jax.Array:
+    """Values `[T, N]` of a linear feature baseline fitted to this batch's own returns (Duan et al. 2016's
+    LinearFeatureBaseline, as Finn et al.'s MAML-RL): features (obs, obs^2, tau, tau^2, tau^3, 1) with tau
+    the step's place in the rollout; targets the discounted returns-to-go, cut at episode ends and at the
+    rollout's end (the time features let the fit see the cut); ridge regression, `ridge` x rows."""
+    T, N = traj.reward.shape
+    zeros = jnp.zeros_like(traj.reward)
+    returns, _ = compute_gae(traj.replace(value=zeros), jnp.zeros((N,), jnp.float32), gamma, 1.0)
+    obs = traj.obs.reshape(T, N, -1).astype(jnp.float32)
+    tau = jnp.broadcast_to((jnp.arange(T, dtype=jnp.float32) / T)[:, None, None], (T, N, 1))
+    x = jnp.concatenate([obs, obs * obs, tau, tau ** 2, tau ** 3, jnp.ones_like(tau)], -1).reshape(T * N, -1)
+    y = returns.reshape(T * N)
+    gram = x.T @ x + ridge * (T * N) * jnp.eye(x.shape[1], dtype=x.dtype)
+    w = jnp.linalg.solve(gram, x.T @ y)
+    return (x @ w).reshape(T, N)
+
+
 def summarise_episodes(ep: Mapping[str, jax.Array] | Transition, done: jax.Array | None = None
                        ) -> dict[str, jax.Array]:
     """Statistics over the finished episodes in a batch of any shape (on device, no history kept).
