@@ -152,9 +152,25 @@ def linear_baseline(traj: Transition, gamma, ridge: float = 1e-5) -> jax.Array:
     tau = jnp.broadcast_to((jnp.arange(T, dtype=jnp.float32) / T)[:, None, None], (T, N, 1))
     x = jnp.concatenate([obs, obs * obs, tau, tau ** 2, tau ** 3, jnp.ones_like(tau)], -1).reshape(T * N, -1)
     y = returns.reshape(T * N)
-    gram = x.T @ x + ridge * (T * N) * jnp.eye(x.shape[1], dtype=x.dtype)
-    w = jnp.linalg.solve(gram, x.T @ y)
+    gram = x.T @ x / (T * N) + ridge * jnp.eye(x.shape[1], dtype=x.dtype)
+    w = _spd_solve(gram, x.T @ y / (T * N))
     return (x @ w).reshape(T, N)
+
+
+def _spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
+    """x with a x = b for a symmetric positive definite `a` [k, k]: Gauss-Jordan elimination without pivoting
+    (stable for SPD) in elementwise ops, so that a `vmap`ped solve equals the unbatched one bit for bit and a
+    device mesh partitions it like any other op (LAPACK's solve did neither: batched rounding differed and the
+    custom call hung over 4 CPU devices)."""
+    def eliminate(i, ab):
+        a, b = ab
+        row, bi = a[i] / a[i, i], b[i] / a[i, i]
+        col = a[:, i]
+        a = (a - col[:, None] * row[None, :]).at[i].set(row)
+        b = (b - col * bi).at[i].set(bi)
+        return a, b
+
+    return jax.lax.fori_loop(0, a.shape[0], eliminate, (a, b))[1]
 
 
 def summarise_episodes(ep: Mapping[str, jax.Array] | Transition, done: jax.Array | None = None
