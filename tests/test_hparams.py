@@ -27,8 +27,9 @@ def env_params(tmp_path_factory):
 
 def _trainers(env_params):
     small_moe = moe.MoEConfig(num_experts=2, expert_hidden_dim=8, gating_hidden_dim=4, num_iterations=2)
-    # 8 x 8 rollouts: more rows than the linear advantage baseline's 42 (19 observations: 2 x 19 + 4) features (with 16 rows its fit is
-    # underdetermined, and last-ulp differences between a batched and a single matmul grow past 1e-6)
+    # 8 x 8 rollouts: more rows than the linear advantage baseline's 42 features (2 x 19 observations + 4); with
+    # 16 rows its fit is underdetermined, and last-ulp differences between a batched and a single matmul grow
+    # past 1e-6
     tiny_maml = maml.MAMLConfig(support_num_envs=8, support_num_steps=8, query_num_envs=8, query_num_steps=8,
                                 window_sessions=4, inner_loop_steps=1, meta_batch_size=1, num_iterations=2)
     return {
