@@ -6,11 +6,15 @@
     python -m experiments.bench maml [--processed_data_dir DIR --symbol SYMBOL] [--repeats 3] [--iterations 3]
     python -m experiments.bench vmap [--stage ppo|moe|maml] [--batch 8] [--iterations 3] [--repeats 3]
     python -m experiments.bench learn [--checks ppo,ppo_costs,moe,maml,flat] [--seed 0]
+    python -m experiments.bench profile [--stage ppo|moe|maml] [--configs default,throughput] [--repeats 3]
     python -m experiments.bench all --out bench.json [--vs_sb3]     # the whole suite (experiments/bench_suite.py)
 
 `ppo`: end-to-end PPO training throughput (rollout + GAE + update), env steps per second, the median of
 `--repeats` timed runs of `--iterations` iterations each, compile time reported separately. Without
 `--processed_data_dir` it trains on a synthetic in-memory random-walk market (2-minute bars).
+
+`profile`: the share of one compiled iteration's op time spent in matrix products, transcendentals (tanh,
+exp, log, sqrt), gathers and the rest, from a `jax.profiler` trace (`experiments/bench_profile.py`).
 
 `learn`: the learning checks of `tests/test_learning.py` on planted-edge markets (`data_tools.synth --market
 ar1 | vol_regime`), one JSON line per check with the figures the slow tests assert on: PPO against the optimal
@@ -53,13 +57,14 @@ def define_flags() -> None:
     flags.DEFINE_list("configs", ["default", "throughput"], "ppo bench configs to run: default, throughput")
     flags.DEFINE_integer("iterations", 0, "iterations per timed run (0: per-config default)")
     flags.DEFINE_integer("num_envs", 0, "override num_envs of every config (0: keep)")
-    flags.DEFINE_string("stage", "ppo", "vmap: the stage whose learning rate is swept (ppo, moe, maml)")
+    flags.DEFINE_string("stage", "ppo", "vmap: the stage whose learning rate is swept; profile: the stage "
+                        "profiled (ppo, moe, maml)")
     flags.DEFINE_integer("batch", 8, "vmap: learning rates in the vmapped batch")
     flags.DEFINE_list("checks", ["ppo", "ppo_costs", "moe", "maml", "flat"], "learn: the checks to run")
     flags.DEFINE_integer("seed", 0, "learn: seed of the markets and the training")
 
 
-COMMANDS = ("env", "ppo", "maml", "moe", "vmap", "learn", "all")
+COMMANDS = ("env", "ppo", "maml", "moe", "vmap", "learn", "profile", "all")
 
 # The market rules every training bench runs under (the training defaults: NSE futures costs, 1 tick of
 # slippage, one-session episodes), built into EnvParams by `env.env_params` (`bench_programs.bench_env_params`)
@@ -390,6 +395,31 @@ def bench_learn(argv) -> None:
                           "load_avg_1m": round(os.getloadavg()[0], 2), "jax": jax.__version__}), flush=True)
 
 
+def bench_profile(argv) -> None:
+    """Op-time shares of one iteration of --stage (each of --configs for PPO and MoE; MAML's defaults)."""
+    import jax
+
+    from experiments.bench_profile import profile_program
+    from experiments.bench_programs import compile_trainer
+
+    if FLAGS.stage not in ("ppo", "moe", "maml"):
+        raise cli.InputError(f"--stage: expected ppo, moe or maml, got {FLAGS.stage!r}")
+    with tempfile.TemporaryDirectory() as tmp:
+        symbol, market, env_params, configs = _training_bench_setup(tmp)
+        device = jax.devices()[0]
+        for name in (["maml"] if FLAGS.stage == "maml" else FLAGS.configs):
+            config = configs[name][0] if name in configs else None
+            if config is not None and FLAGS.num_envs:
+                config = config.replace(num_envs=FLAGS.num_envs)
+            program = compile_trainer(FLAGS.stage, env_params, 0, config)
+            result = profile_program(program, max(FLAGS.repeats, 1))
+            print(json.dumps({"bench": "profile", "stage": FLAGS.stage, "config": name, **program.describe,
+                              "steps_per_call": program.steps_per_call, **result, "symbol": symbol,
+                              "synthetic": market.synthetic, "device": f"{device.platform}:{device.device_kind}",
+                              "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+                              "jax": jax.__version__}), flush=True)
+
+
 def main(argv) -> None:
     if len(argv) < 2 or argv[1] not in COMMANDS:
         cli.die(f"usage: python -m experiments.bench {{{'|'.join(COMMANDS)}}} [flags]")
@@ -397,7 +427,7 @@ def main(argv) -> None:
         cli.die(f"unexpected positional arguments: {' '.join(argv[2:])}")
     try:
         {"env": bench_env, "ppo": bench_ppo, "maml": bench_maml, "moe": bench_moe, "vmap": bench_vmap,
-         "learn": bench_learn, "all": lambda a: bench_suite.bench_all(a, _ppo_configs())}[argv[1]](argv)
+         "learn": bench_learn, "profile": bench_profile, "all": lambda a: bench_suite.bench_all(a, _ppo_configs())}[argv[1]](argv)
     except cli.InputError as e:
         cli.die(str(e))
 

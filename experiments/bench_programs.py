@@ -83,11 +83,12 @@ def _compile_iteration(trainer, describe: dict, config=None) -> Program:
 
 
 def compile_trainer(kind: str, env_params, num_envs: int, ppo_base) -> Program:
-    """One iteration of PPO or MoE (rollout + GAE + update), or one MAML meta-iteration, compiled."""
+    """One iteration of PPO or MoE (rollout + GAE + update), or one MAML meta-iteration, compiled; `num_envs`
+    0 keeps `ppo_base`'s rollout (MAML's defaults)."""
     from jaxtrade.agents import maml, moe, ppo
 
     if kind == "maml":
-        cfg = maml_sweep_config(num_envs)
+        cfg = maml_sweep_config(num_envs) if num_envs else maml.MAMLConfig()
         trainer = maml.make_trainer(cfg, ppo.PPOConfig(), env_params)
         describe = {"order": "first" if cfg.first_order else "second", "inner_loop_steps": cfg.inner_loop_steps,
                     "meta_batch_size": cfg.meta_batch_size, "num_steps": cfg.support_num_steps}
