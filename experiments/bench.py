@@ -14,7 +14,8 @@
 `--processed_data_dir` it trains on a synthetic in-memory random-walk market (2-minute bars).
 
 `profile`: the share of one compiled iteration's op time spent in matrix products, transcendentals (tanh,
-exp, log, sqrt), gathers and the rest, from a `jax.profiler` trace (`experiments/bench_profile.py`).
+exp, log, sqrt), gathers and the rest, from a `jax.profiler` trace (`experiments/bench_profile.py`), with the
+device's FLOP rate on large square products (`square_matmul_gflops`, 1024 x 1024 float32) for scale.
 
 `learn`: the learning checks of `tests/test_learning.py` on planted-edge markets (`data_tools.synth --market
 ar1 | vol_regime`), one JSON line per check with the figures the slow tests assert on: PPO against the optimal
@@ -401,6 +402,7 @@ def bench_profile(argv) -> None:
 
     from experiments.bench_profile import profile_program
     from experiments.bench_programs import compile_trainer
+    from experiments.bench_roofline import square_matmul_peak
 
     if FLAGS.stage not in ("ppo", "moe", "maml"):
         raise cli.InputError(f"--stage: expected ppo, moe or maml, got {FLAGS.stage!r}")
@@ -413,8 +415,10 @@ def bench_profile(argv) -> None:
                 config = config.replace(num_envs=FLAGS.num_envs)
             program = compile_trainer(FLAGS.stage, env_params, 0, config)
             result = profile_program(program, max(FLAGS.repeats, 1))
+            peak = square_matmul_peak()
             print(json.dumps({"bench": "profile", "stage": FLAGS.stage, "config": name, **program.describe,
-                              "steps_per_call": program.steps_per_call, **result, "symbol": symbol,
+                              "steps_per_call": program.steps_per_call, **result,
+                              "square_matmul_gflops": peak["gflops"], "square_matmul_n": peak["n"], "symbol": symbol,
                               "synthetic": market.synthetic, "device": f"{device.platform}:{device.device_kind}",
                               "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
                               "jax": jax.__version__}), flush=True)

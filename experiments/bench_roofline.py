@@ -153,3 +153,16 @@ def matmul_peak(params, minibatch_size: int, *, repeats: int = 5) -> dict:
     timing = time_calls(program.call, repeats=repeats, min_run_s=0.3, max_total_s=20.0)
     return {**program.describe(), "gflops": round(program.flops_per_call / timing["per_call_s"] / 1e9, 2),
             "run_s": timing["run_s"]}
+
+
+def square_matmul_peak(n: int = 1024, products: int = 8, *, repeats: int = 5) -> dict:
+    """The FLOP rate of large square float32 products (`products` chained `[n, n] @ [n, n]` in one jitted
+    scan): the most this device's matrix units give any program, beside `matmul_peak`'s rate at PPO's own
+    shapes. The weights are scaled by 1/sqrt(n), so the chained values stay finite."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((n, n)).astype(np.float32))
+    ws = jnp.asarray((rng.standard_normal((products, n, n)) / np.sqrt(n)).astype(np.float32))
+    compiled = jax.jit(lambda x, ws: jax.lax.scan(lambda h, w: (h @ w, None), x, ws)[0]).lower(x, ws).compile()
+    timing = time_calls(lambda: compiled(x, ws), repeats=repeats, min_run_s=0.3, max_total_s=20.0)
+    flops = 2 * n ** 3 * products
+    return {"n": n, "gflops": round(flops / timing["per_call_s"] / 1e9, 2), "run_s": timing["run_s"]}

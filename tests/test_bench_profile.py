@@ -133,6 +133,7 @@ def test_bench_profile_command_profiles_a_ppo_iteration():
     assert line["bench"] == "profile" and line["stage"] == "ppo" and line["steps_per_call"] == 8 * 128
     assert set(line["share"]) == {"products", "transcendentals", "gathers", "other"}
     assert line["share"]["products"] > 0.1 and line["share"]["transcendentals"] > 0.0
+    assert line["square_matmul_gflops"] > 0
 
 
 def test_bench_profile_refuses_an_unknown_stage_in_one_line():
@@ -140,3 +141,14 @@ def test_bench_profile_refuses_an_unknown_stage_in_one_line():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --stage")
+
+
+def test_square_matmul_peak_counts_its_flops():
+    """The rate is 2 n^3 FLOPs per product over the measured time: a program of twice the products at the same
+    n takes about twice as long, so the rates agree within the machine's noise (a wrong FLOP count would not)."""
+    from experiments.bench_roofline import square_matmul_peak
+
+    a = square_matmul_peak(256, products=4, repeats=3)
+    b = square_matmul_peak(256, products=16, repeats=3)
+    assert a["gflops"] > 0 and b["gflops"] > 0
+    assert 0.3 < a["gflops"] / b["gflops"] < 3.0
