@@ -414,7 +414,10 @@ def bench_profile(argv) -> None:
             if config is not None and FLAGS.num_envs:
                 config = config.replace(num_envs=FLAGS.num_envs)
             program = compile_trainer(FLAGS.stage, env_params, 0, config)
-            result = profile_program(program, max(FLAGS.repeats, 1))
+            try:
+                result = profile_program(program, max(FLAGS.repeats, 1))
+            except RuntimeError as e:
+                raise cli.InputError(f"profile: {e}") from None
             peak = square_matmul_peak()
             print(json.dumps({"bench": "profile", "stage": FLAGS.stage, "config": name, **program.describe,
                               "steps_per_call": program.steps_per_call, **result,

@@ -1,6 +1,6 @@
 """`python -m experiments.bench profile`: where a trainer's compiled iteration spends its time, op by op.
 
-One training iteration (rollout + GAE + update, or one MAML meta-iteration) is compiled as `bench ppo` runs it
+One training iteration (rollout + GAE + update, or one MAML meta-iteration) is compiled as `bench all` compiles it
 (`bench_programs.compile_trainer`), run `--repeats` times under `jax.profiler`, and every op event of the trace
 is matched to the compiled module's instruction of that name and put in one of these classes:
 
@@ -13,7 +13,9 @@ is matched to the compiled module's instruction of that name and put in one of t
 
 Shares are of op time (the sum of the ops' own durations; on a CPU two cores run ops at once, so it can exceed
 the wall time). Control flow (`while`, `conditional`, `call`) is not an op of its own: its body's ops are
-counted. This says what the arithmetic the roofline leaves out costs (BENCHMARKS.md, issue 13's bars).
+counted. This says what the arithmetic the roofline leaves out costs (BENCHMARKS.md, issue 13's bars). A
+backend whose profiler names device kernels rather than instructions (a GPU) matches no op: the command says so
+in one line.
 
     python -m experiments.bench profile [--stage ppo|moe|maml] [--configs default,throughput] [--repeats 3]
 """
@@ -26,7 +28,6 @@ import gzip
 import json
 import re
 import tempfile
-from pathlib import Path
 
 CLASSES = ("products", "transcendentals", "gathers", "other")
 CONTROL_FLOW = frozenset({"while", "conditional", "call"})
