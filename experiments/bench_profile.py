@@ -102,17 +102,17 @@ def classify(name: str, instructions, computations) -> str | None:
 def op_times(trace_events, instructions, computations) -> tuple[dict[str, float], dict[str, float]]:
     """({class: op seconds}, {instruction: op seconds}) of a trace's complete events ('ph' == 'X') whose names
     are instructions of the module; other events (the runtime's own, other programs') are left out."""
-    by_class: dict[str, float] = collections.Counter()
     by_op: dict[str, float] = collections.Counter()
     for event in trace_events:
-        if event.get("ph") != "X":
-            continue
-        cls = classify(event.get("name", ""), instructions, computations)
+        if event.get("ph") == "X" and event.get("name", "") in instructions:
+            by_op[event["name"]] += float(event.get("dur", 0.0)) * 1e-6
+    by_class: dict[str, float] = collections.Counter()
+    for name in list(by_op):  # each instruction classed once, however many events it has
+        cls = classify(name, instructions, computations)
         if cls is None:
-            continue
-        seconds = float(event.get("dur", 0.0)) * 1e-6
-        by_class[cls] += seconds
-        by_op[event["name"]] += seconds
+            del by_op[name]
+        else:
+            by_class[cls] += by_op[name]
     return dict(by_class), dict(by_op)
 
 
